@@ -1,0 +1,107 @@
+//! Building and running the panel: connect to PostgreSQL and Redis, migrate, bind, serve
+//! until SIGTERM/SIGINT, then drain in-flight requests within `SHUTDOWN_TIMEOUT`.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::Config, db, http, redis::Redis};
+
+/// What every handler and background task shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: PgPool,
+    pub redis: Redis,
+}
+
+impl AppState {
+    /// Connects to both stores; migrates when configured to.
+    pub async fn connect(config: Config) -> anyhow::Result<AppState> {
+        let db = db::connect(&config.database).await?;
+        if config.database.migrate_on_start {
+            db::migrate(&db).await?;
+        }
+        let redis = Redis::new(&config.redis)?;
+        if let Err(e) = redis.ping().await {
+            // Not fatal: PostgreSQL is the truth and work is re-queued once Redis is back.
+            tracing::warn!(error = %e, "Redis is not reachable yet; continuing");
+        }
+        Ok(AppState {
+            config: Arc::new(config),
+            db,
+            redis,
+        })
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let addr = SocketAddr::new(config.http.host, config.http.port);
+        let state = AppState::connect(config).await?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (HOST/PORT)"))?;
+        Ok(Application { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` is cancelled, then gives in-flight requests
+    /// `SHUTDOWN_TIMEOUT` to finish.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        let grace = self.state.config.shutdown_timeout;
+        let router = http::router(self.state.clone());
+        tracing::info!(addr = %addr, "http listening");
+        let server = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let server = tokio::spawn(async move { server.await });
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        match tokio::time::timeout(grace, server).await {
+            Ok(joined) => joined.context("http server task")?.context("http server")?,
+            Err(_) => tracing::warn!(
+                timeout_secs = grace.as_secs(),
+                "in-flight requests did not finish in time; exiting anyway"
+            ),
+        }
+        self.state.db.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Cancels the token on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+        token.cancel();
+    });
+}

@@ -1,0 +1,142 @@
+//! The `mpanel` command line: `serve`, `migrate`, `create-admin`.
+//!
+//! Exit codes: 0 success, 1 a runtime failure (database unreachable, …), 2 bad usage or
+//! invalid configuration.
+
+use std::{io::Read, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    app::{Application, cancel_on_signals},
+    bootstrap::{self, NewAdmin},
+    config::Config,
+    db,
+    model::UserRole,
+    telemetry,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "mpanel", version, about = "mPanel hosting control panel")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP API. Configuration comes from the environment (and ./.env if present).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Create an operator account, and its tenant if the slug is new.
+    CreateAdmin {
+        /// Tenant slug, e.g. migrahosting.
+        #[arg(long)]
+        tenant: String,
+        /// Display name of the tenant when it is created (defaults to the slug).
+        #[arg(long)]
+        tenant_name: Option<String>,
+        #[arg(long)]
+        email: String,
+        /// SUPER_ADMIN, ADMIN, SUPPORT, BILLING or READ_ONLY.
+        #[arg(long, value_parser = |s: &str| s.parse::<UserRole>())]
+        role: UserRole,
+        /// Display name of the user (defaults to the e-mail's local part).
+        #[arg(long)]
+        name: Option<String>,
+        /// Read the password from standard input (first line), so it never appears in
+        /// the process list or shell history.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A missing .env is normal; values already in the environment win.
+    let _ = dotenvy::dotenv();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mpanel: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mpanel: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            eprintln!("mpanel: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    // Commands whose stdout is their result log to stderr.
+    let logs_to_stdout = matches!(command, Command::Serve);
+    telemetry::init(&config.log, logs_to_stdout)?;
+    match command {
+        Command::Serve => {
+            if !config.is_production() {
+                tracing::warn!(
+                    "development mode: unset secrets are random for this process only; \
+                     set MPANEL_ENV=production for a real install"
+                );
+            }
+            let app = Application::build(config).await?;
+            let shutdown = CancellationToken::new();
+            cancel_on_signals(shutdown.clone());
+            app.run(shutdown).await
+        }
+        Command::Migrate => {
+            let pool = db::connect(&config.database).await?;
+            db::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::CreateAdmin {
+            tenant,
+            tenant_name,
+            email,
+            role,
+            name,
+            password_stdin: _,
+        } => {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("reading the password from standard input")?;
+            let password = input.lines().next().unwrap_or("").to_owned();
+            let pool = db::connect(&config.database).await?;
+            db::migrate(&pool).await?;
+            let created = bootstrap::create_admin(
+                &pool,
+                NewAdmin {
+                    tenant_slug: tenant,
+                    tenant_name,
+                    email,
+                    role,
+                    display_name: name,
+                    password,
+                },
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&created)?);
+            Ok(())
+        }
+    }
+}

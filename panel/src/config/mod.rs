@@ -1,0 +1,618 @@
+//! The panel's configuration: every environment variable is read once, here, into typed values.
+//!
+//! Validation collects *every* problem before reporting, so an operator fixes a broken env
+//! file in one pass. Secrets are `SecretString`s: their `Debug` prints a mask, and nothing
+//! in this module logs a value. The names of spec §3 are kept (PORT, HOST, DATABASE_URL,
+//! REDIS_URL, JWT_*, SMTP_*, POWERDNS_*, MAILCORE_*, MARKETING_WEBHOOK_SECRET,
+//! STRIPE_WEBHOOK_SECRET, APP_URL); new ones follow the same style and are documented in
+//! `.env.example`.
+
+mod duration;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+pub use duration::parse_duration;
+
+/// Development gets local defaults so `mpanel serve` starts on a fresh machine; production
+/// insists that every secret and address is set explicitly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub environment: Environment,
+    pub http: HttpConfig,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub jwt: JwtConfig,
+    pub smtp: Option<SmtpConfig>,
+    pub powerdns: ExternalApi,
+    pub mailcore: ExternalApi,
+    /// `x-internal-key` of the marketing backend and internal callers (spec §9.2).
+    pub marketing_webhook_secret: SecretString,
+    /// Stripe's `whsec_…` signing secret for `POST /api/webhooks/stripe`.
+    pub stripe_webhook_secret: SecretString,
+    /// Base URL for links in e-mails.
+    pub app_url: Url,
+    pub log: LogConfig,
+    pub fleet: FleetConfig,
+    pub data_dir: PathBuf,
+    /// How long SIGTERM waits for in-flight requests and jobs before giving up.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub host: IpAddr,
+    /// 0 asks the OS for a free port (tests do this).
+    pub port: u16,
+    pub max_body_bytes: usize,
+    /// Peers whose `X-Forwarded-For` is believed (nginx in front of the panel).
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// May carry a password, hence secret.
+    pub url: SecretString,
+    pub max_connections: u32,
+    /// Development only: create the database when it does not exist.
+    pub create_if_missing: bool,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: SecretString,
+    /// Every key the panel writes starts with this, so several installs (or tests) can share
+    /// one Redis.
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub secret: SecretString,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub pass: Option<SecretString>,
+    pub from: String,
+}
+
+/// An HTTP API of another service (kept from spec §3; in this design the DNS and mail agents
+/// talk to PowerDNS and the mail stack locally, so the panel only carries these for tools
+/// that still want them).
+#[derive(Debug, Clone, Default)]
+pub struct ExternalApi {
+    pub url: Option<Url>,
+    pub key: Option<SecretString>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A tracing filter directive (`RUST_LOG` wins over `LOG_LEVEL`).
+    pub filter: String,
+    /// Also write the JSON log to this file (spec §10).
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// Where the agents' mTLS WebSocket listener binds.
+    pub listen_addr: SocketAddr,
+    /// The address agents dial, as handed out with enrollment tokens.
+    pub public_url: Url,
+    pub ca_cert_path: PathBuf,
+    pub ca_key_path: PathBuf,
+}
+
+/// Every problem found in the environment, one per line.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problem{}):",
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        write!(f, "See .env.example for every variable and its meaning.")
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Values copied from the spec's example env file: accepting them in production would
+/// publish the secret.
+const PLACEHOLDER_SECRETS: &[&str] = &["CHANGE_ME", "super-secret-jwt-key", "changeme", "secret"];
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_vars(&std::env::vars().collect())
+    }
+
+    /// Reads the given variables (tests pass a map instead of touching the process env).
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let mut r = Reader {
+            vars,
+            problems: Vec::new(),
+        };
+        let environment = match r.get("MPANEL_ENV").or_else(|| r.get("NODE_ENV")).as_deref() {
+            None | Some("development") | Some("dev") | Some("test") => Environment::Development,
+            Some("production") | Some("prod") => Environment::Production,
+            Some(other) => {
+                r.problem(format!(
+                    "MPANEL_ENV: '{other}' is not an environment (use development or production)"
+                ));
+                Environment::Development
+            }
+        };
+        let prod = environment == Environment::Production;
+
+        let host = r
+            .parsed("HOST", |v| {
+                v.parse::<IpAddr>().map_err(|_| "not an IP address".into())
+            })
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let port = r.number("PORT", 2271u16);
+        let max_body_bytes = r.number("MAX_BODY_BYTES", 1024 * 1024usize);
+        let trusted_proxies = r
+            .parsed("TRUSTED_PROXIES", |v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| {
+                        s.parse::<IpAddr>()
+                            .map_err(|_| format!("'{s}' is not an IP address"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap_or_else(|| vec![IpAddr::from([127, 0, 0, 1]), "::1".parse().unwrap()]);
+
+        let database_url = r.secret_or_dev_default(
+            "DATABASE_URL",
+            prod,
+            "postgres://postgres@127.0.0.1:5432/mpanel",
+            |v| match Url::parse(v) {
+                Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => Ok(()),
+                Ok(u) => Err(format!(
+                    "scheme '{}' is not postgres:// or postgresql://",
+                    u.scheme()
+                )),
+                Err(e) => Err(format!("not a URL ({e})")),
+            },
+        );
+        let max_connections = r.number("DATABASE_MAX_CONNECTIONS", 10u32);
+        if max_connections == 0 {
+            r.problem("DATABASE_MAX_CONNECTIONS: must be at least 1".into());
+        }
+        let migrate_on_start = r.boolean("MIGRATE_ON_START", true);
+
+        let redis_url =
+            r.secret_or_dev_default("REDIS_URL", prod, "redis://127.0.0.1:6379/0", |v| {
+                match Url::parse(v) {
+                    Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "unix" | "redis+unix") => {
+                        Ok(())
+                    }
+                    Ok(u) => Err(format!(
+                        "scheme '{}' is not redis:// or rediss://",
+                        u.scheme()
+                    )),
+                    Err(e) => Err(format!("not a URL ({e})")),
+                }
+            });
+        let key_prefix = r
+            .parsed("REDIS_KEY_PREFIX", |v| {
+                if !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b":_-.".contains(&b))
+                {
+                    Ok(v.to_owned())
+                } else {
+                    Err("use 1-64 letters, digits or : _ - .".into())
+                }
+            })
+            .unwrap_or_else(|| "mpanel:".to_owned());
+
+        let jwt_secret = r.secret("JWT_SECRET", prod, 32);
+        let access_ttl = r.duration("JWT_ACCESS_EXPIRES_IN", Duration::from_secs(15 * 60));
+        let refresh_ttl = r.duration("JWT_REFRESH_EXPIRES_IN", Duration::from_secs(7 * 86_400));
+        if access_ttl < Duration::from_secs(10) || access_ttl > Duration::from_secs(86_400) {
+            r.problem("JWT_ACCESS_EXPIRES_IN: must be between 10s and 24h".into());
+        }
+        if refresh_ttl <= access_ttl || refresh_ttl > Duration::from_secs(365 * 86_400) {
+            r.problem(
+                "JWT_REFRESH_EXPIRES_IN: must be longer than JWT_ACCESS_EXPIRES_IN and at most 365d"
+                    .into(),
+            );
+        }
+
+        let smtp = r.smtp(prod);
+        let powerdns = r.external_api("POWERDNS_API_URL", "POWERDNS_API_KEY");
+        let mailcore = r.external_api("MAILCORE_API_URL", "MAILCORE_API_KEY");
+        let marketing_webhook_secret = r.secret("MARKETING_WEBHOOK_SECRET", prod, 16);
+        let stripe_webhook_secret = r.secret("STRIPE_WEBHOOK_SECRET", prod, 16);
+
+        let app_url = r
+            .url("APP_URL", prod)
+            .unwrap_or_else(|| Url::parse(&format!("http://127.0.0.1:{port}")).unwrap());
+
+        let filter = r
+            .get("RUST_LOG")
+            .or_else(|| r.get("LOG_LEVEL"))
+            .unwrap_or_else(|| "info".to_owned());
+        let log_file = r.get("LOG_FILE").map(PathBuf::from);
+
+        let data_dir = r
+            .get("MPANEL_DATA_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                if prod {
+                    PathBuf::from("/var/lib/mpanel")
+                } else {
+                    PathBuf::from("./data")
+                }
+            });
+        let listen_addr = r
+            .parsed("AGENT_LISTEN_ADDR", |v| {
+                v.parse::<SocketAddr>()
+                    .map_err(|_| "not an address like 0.0.0.0:2272".into())
+            })
+            .unwrap_or_else(|| {
+                if prod {
+                    SocketAddr::from(([0, 0, 0, 0], 2272))
+                } else {
+                    SocketAddr::from(([127, 0, 0, 1], 2272))
+                }
+            });
+        let public_url = r.url("AGENT_PUBLIC_URL", prod).unwrap_or_else(|| {
+            Url::parse(&format!("wss://127.0.0.1:{}", listen_addr.port())).unwrap()
+        });
+        if !matches!(public_url.scheme(), "wss" | "https") {
+            r.problem("AGENT_PUBLIC_URL: must be a wss:// URL (agents only speak TLS)".into());
+        }
+        let ca_cert_path = r
+            .get("CA_CERT_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("ca/ca.crt"));
+        let ca_key_path = r
+            .get("CA_KEY_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("ca/ca.key"));
+
+        let shutdown_timeout = r.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(30));
+
+        if !r.problems.is_empty() {
+            return Err(ConfigError {
+                problems: r.problems,
+            });
+        }
+        Ok(Config {
+            environment,
+            http: HttpConfig {
+                host,
+                port,
+                max_body_bytes,
+                trusted_proxies,
+            },
+            database: DatabaseConfig {
+                url: database_url,
+                max_connections,
+                create_if_missing: !prod,
+                migrate_on_start,
+            },
+            redis: RedisConfig {
+                url: redis_url,
+                key_prefix,
+            },
+            jwt: JwtConfig {
+                secret: jwt_secret,
+                access_ttl,
+                refresh_ttl,
+            },
+            smtp,
+            powerdns,
+            mailcore,
+            marketing_webhook_secret,
+            stripe_webhook_secret,
+            app_url,
+            log: LogConfig {
+                filter,
+                file: log_file,
+            },
+            fleet: FleetConfig {
+                listen_addr,
+                public_url,
+                ca_cert_path,
+                ca_key_path,
+            },
+            data_dir,
+            shutdown_timeout,
+        })
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.environment == Environment::Production
+    }
+}
+
+/// Reads variables and records problems instead of stopping at the first one.
+struct Reader<'a> {
+    vars: &'a HashMap<String, String>,
+    problems: Vec<String>,
+}
+
+impl Reader<'_> {
+    /// An unset or empty variable is absent: env files often carry `NAME=`.
+    fn get(&self, name: &str) -> Option<String> {
+        self.vars
+            .get(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn problem(&mut self, p: String) {
+        self.problems.push(p);
+    }
+
+    fn parsed<T>(
+        &mut self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let raw = self.get(name)?;
+        match parse(&raw) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.problem(format!("{name}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn number<T: std::str::FromStr>(&mut self, name: &str, default: T) -> T {
+        self.parsed(name, |v| {
+            v.parse::<T>()
+                .map_err(|_| format!("'{v}' is not a valid number here"))
+        })
+        .unwrap_or(default)
+    }
+
+    fn boolean(&mut self, name: &str, default: bool) -> bool {
+        self.parsed(name, |v| match v.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(format!("'{v}' is not true or false")),
+        })
+        .unwrap_or(default)
+    }
+
+    fn duration(&mut self, name: &str, default: Duration) -> Duration {
+        self.parsed(name, parse_duration).unwrap_or(default)
+    }
+
+    fn url(&mut self, name: &str, required: bool) -> Option<Url> {
+        if self.get(name).is_none() {
+            if required {
+                self.problem(format!("{name}: required in production"));
+            }
+            return None;
+        }
+        self.parsed(name, |v| {
+            Url::parse(v).map_err(|e| format!("not a URL ({e})"))
+        })
+    }
+
+    /// A secret connection string: required in production, a local default otherwise.
+    fn secret_or_dev_default(
+        &mut self,
+        name: &str,
+        prod: bool,
+        dev_default: &str,
+        check: impl FnOnce(&str) -> Result<(), String>,
+    ) -> SecretString {
+        match self.get(name) {
+            Some(v) => {
+                if let Err(e) = check(&v) {
+                    // The value may hold a password: name the rule, never echo it.
+                    self.problem(format!("{name}: {e}"));
+                }
+                SecretString::from(v)
+            }
+            None if prod => {
+                self.problem(format!("{name}: required in production"));
+                SecretString::from(String::new())
+            }
+            None => SecretString::from(dev_default.to_owned()),
+        }
+    }
+
+    /// A signing or shared secret: required in production; in development an unset one is
+    /// replaced by a random value for this process only, so nothing is ever open by default.
+    fn secret(&mut self, name: &str, prod: bool, min_len: usize) -> SecretString {
+        match self.get(name) {
+            Some(v) => {
+                if v.len() < min_len {
+                    self.problem(format!("{name}: must be at least {min_len} characters"));
+                } else if prod
+                    && PLACEHOLDER_SECRETS
+                        .iter()
+                        .any(|p| v.eq_ignore_ascii_case(p))
+                {
+                    self.problem(format!(
+                        "{name}: still the example value; generate one (e.g. openssl rand -hex 32)"
+                    ));
+                }
+                SecretString::from(v)
+            }
+            None if prod => {
+                self.problem(format!("{name}: required in production"));
+                SecretString::from(String::new())
+            }
+            None => SecretString::from(crate::util::random_token(32)),
+        }
+    }
+
+    fn smtp(&mut self, prod: bool) -> Option<SmtpConfig> {
+        let Some(host) = self.get("SMTP_HOST") else {
+            if prod {
+                self.problem(
+                    "SMTP_HOST: required in production (customers get their credentials by e-mail)"
+                        .into(),
+                );
+            }
+            return None;
+        };
+        let port = self.number("SMTP_PORT", 587u16);
+        let user = self.get("SMTP_USER");
+        let pass = self.get("SMTP_PASS").map(SecretString::from);
+        if user.is_some() != pass.is_some() {
+            self.problem("SMTP_USER and SMTP_PASS: set both or neither".into());
+        }
+        if prod
+            && pass
+                .as_ref()
+                .is_some_and(|p| PLACEHOLDER_SECRETS.contains(&p.expose_secret()))
+        {
+            self.problem("SMTP_PASS: still the example value".into());
+        }
+        let from = match self.get("EMAIL_FROM") {
+            Some(f) if mpanel_protocol::EmailAddress::parse(&f).is_ok() => f,
+            Some(_) => {
+                self.problem("EMAIL_FROM: not an e-mail address".into());
+                String::new()
+            }
+            None => {
+                self.problem("EMAIL_FROM: required when SMTP_HOST is set".into());
+                String::new()
+            }
+        };
+        Some(SmtpConfig {
+            host,
+            port,
+            user,
+            pass,
+            from,
+        })
+    }
+
+    fn external_api(&mut self, url_var: &str, key_var: &str) -> ExternalApi {
+        ExternalApi {
+            url: self.url(url_var, false),
+            key: self.get(key_var).map(SecretString::from),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn development_starts_with_nothing_set() {
+        let c = Config::from_vars(&vars(&[])).expect("defaults are valid");
+        assert_eq!(c.environment, Environment::Development);
+        assert_eq!(c.http.port, 2271);
+        assert_eq!(c.jwt.access_ttl, Duration::from_secs(900));
+        assert!(c.database.create_if_missing);
+        // No fixed development secret: nothing is open by default.
+        assert!(c.jwt.secret.expose_secret().len() >= 32);
+    }
+
+    #[test]
+    fn production_lists_every_missing_secret_at_once() {
+        let err = Config::from_vars(&vars(&[("MPANEL_ENV", "production")])).unwrap_err();
+        let all = err.to_string();
+        for name in [
+            "DATABASE_URL",
+            "REDIS_URL",
+            "JWT_SECRET",
+            "MARKETING_WEBHOOK_SECRET",
+            "STRIPE_WEBHOOK_SECRET",
+            "APP_URL",
+            "SMTP_HOST",
+        ] {
+            assert!(all.contains(name), "{name} missing from:\n{all}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_named_and_secrets_are_not_echoed() {
+        let err = Config::from_vars(&vars(&[
+            ("PORT", "http"),
+            ("DATABASE_URL", "mysql://root:hunter2@db/x"),
+            ("JWT_SECRET", "short"),
+            ("JWT_ACCESS_EXPIRES_IN", "15 minutes"),
+            ("HOST", "everywhere"),
+        ]))
+        .unwrap_err();
+        let all = err.to_string();
+        assert_eq!(err.problems.len(), 5, "{all}");
+        assert!(!all.contains("hunter2"), "password leaked: {all}");
+        for name in [
+            "PORT",
+            "DATABASE_URL",
+            "JWT_SECRET",
+            "JWT_ACCESS_EXPIRES_IN",
+            "HOST",
+        ] {
+            assert!(all.contains(name), "{name} missing from:\n{all}");
+        }
+    }
+
+    #[test]
+    fn debug_output_masks_secrets() {
+        let c = Config::from_vars(&vars(&[
+            ("JWT_SECRET", "a-very-long-jwt-secret-value-0123456789"),
+            ("DATABASE_URL", "postgres://mpanel:hunter2@db/mpanel"),
+        ]))
+        .unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("a-very-long-jwt-secret"), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn production_refuses_the_spec_example_values() {
+        let err = Config::from_vars(&vars(&[
+            ("MPANEL_ENV", "production"),
+            ("MARKETING_WEBHOOK_SECRET", "CHANGE_ME"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("MARKETING_WEBHOOK_SECRET"));
+    }
+}

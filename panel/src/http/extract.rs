@@ -1,0 +1,121 @@
+//! Request extractors that fail with the API's error model and name the offending field.
+
+use axum::{
+    extract::{FromRequest, Request, rejection::BytesRejection},
+    http::{StatusCode, header},
+};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// A JSON body. Unlike `axum::Json`, a missing or mistyped field answers 400 with the field's
+/// path (`customer.email`) in `details.field`, and an oversized body 413.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                let mime = ct.split(';').next().unwrap_or("").trim();
+                mime == "application/json" || mime.ends_with("+json")
+            });
+        if !is_json {
+            return Err(ApiError::bad_request(
+                "expected a JSON body with Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::bad_request(format!("malformed JSON: {inner}"));
+        }
+        let message = inner.to_string();
+        // serde reports a missing field at its parent's path; name the field itself.
+        let field = match message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            Some(missing) if path == "." => missing.to_owned(),
+            Some(missing) => format!("{path}.{missing}"),
+            None if path == "." => "body".to_owned(),
+            None => path,
+        };
+        // Drop serde's " at line 1 column 42" suffix: the field path says more.
+        let message = message
+            .split(" at line ")
+            .next()
+            .unwrap_or(&message)
+            .to_owned();
+        ApiError::field(field, message)
+    })
+}
+
+fn body_rejection(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge
+    } else {
+        ApiError::bad_request(format!("cannot read request body: {rejection}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Order {
+        customer: Customer,
+        amount: u32,
+    }
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Customer {
+        email: String,
+    }
+
+    fn field_of(body: &str) -> Option<String> {
+        match parse_json::<Order>(body.as_bytes()) {
+            Err(ApiError::Validation { field, .. }) => field,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_missing_and_mistyped_fields() {
+        assert_eq!(
+            field_of(r#"{"customer":{"email":"a@b.c"}}"#).as_deref(),
+            Some("amount")
+        );
+        assert_eq!(
+            field_of(r#"{"customer":{},"amount":1}"#).as_deref(),
+            Some("customer.email")
+        );
+        assert_eq!(
+            field_of(r#"{"customer":{"email":"a@b.c"},"amount":-1}"#).as_deref(),
+            Some("amount")
+        );
+        assert_eq!(field_of("{").as_deref(), None);
+    }
+}

@@ -1,0 +1,14 @@
+//! mPanel, the hosting control panel: HTTP API, job worker, fleet hub and certificate
+//! authority in one library; `main.rs` only calls [`cli::main`].
+
+pub mod app;
+pub mod auth;
+pub mod bootstrap;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod model;
+pub mod redis;
+pub mod telemetry;
+pub mod util;

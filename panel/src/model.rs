@@ -1,0 +1,59 @@
+//! Enums of the schema (spec §5), shared by SQL (`sqlx::Type`, PostgreSQL enum types) and
+//! JSON (the spec's SCREAMING_CASE strings).
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(type_name = "user_role", rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UserRole {
+    SuperAdmin,
+    Admin,
+    Support,
+    Billing,
+    ReadOnly,
+}
+
+impl UserRole {
+    pub const ALL: [UserRole; 5] = [
+        UserRole::SuperAdmin,
+        UserRole::Admin,
+        UserRole::Support,
+        UserRole::Billing,
+        UserRole::ReadOnly,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserRole::SuperAdmin => "SUPER_ADMIN",
+            UserRole::Admin => "ADMIN",
+            UserRole::Support => "SUPPORT",
+            UserRole::Billing => "BILLING",
+            UserRole::ReadOnly => "READ_ONLY",
+        }
+    }
+}
+
+impl fmt::Display for UserRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for UserRole {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        UserRole::ALL
+            .into_iter()
+            .find(|r| r.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                format!(
+                    "'{s}' is not a role (use one of {})",
+                    UserRole::ALL.map(UserRole::as_str).join(", ")
+                )
+            })
+    }
+}

@@ -1,0 +1,8 @@
+//! Test harness: a fresh database per test, a Redis key prefix per test, and the real panel
+//! process started on a random port.
+
+pub mod db;
+pub mod panel;
+
+pub use db::TestDb;
+pub use panel::{TestApp, wait_for};
