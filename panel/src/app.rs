@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Config, db, http, redis::Redis};
+use crate::{auth::tokens::TokenKeys, config::Config, db, http, redis::Redis};
 
 /// What every handler and background task shares. Cheap to clone.
 #[derive(Clone)]
@@ -16,6 +16,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: PgPool,
     pub redis: Redis,
+    pub tokens: Arc<TokenKeys>,
 }
 
 impl AppState {
@@ -31,6 +32,7 @@ impl AppState {
             tracing::warn!(error = %e, "Redis is not reachable yet; continuing");
         }
         Ok(AppState {
+            tokens: Arc::new(TokenKeys::new(&config.jwt)),
             config: Arc::new(config),
             db,
             redis,

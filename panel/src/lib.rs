@@ -1,7 +1,9 @@
 //! mPanel, the hosting control panel: HTTP API, job worker, fleet hub and certificate
 //! authority in one library; `main.rs` only calls [`cli::main`].
 
+pub mod api;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod cli;

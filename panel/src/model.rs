@@ -57,3 +57,15 @@ impl FromStr for UserRole {
             })
     }
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(type_name = "server_role", rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerRole {
+    Web,
+    Mail,
+    Dns,
+    Panel,
+    Db,
+    Storage,
+}

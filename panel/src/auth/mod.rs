@@ -1,3 +1,9 @@
-//! Authentication: password hashing now; tokens, sessions and permissions as they land.
+//! Authentication and authorization: passwords, access and refresh tokens, the current
+//! operator, the permission table, login throttling.
 
+pub mod current;
 pub mod password;
+pub mod permissions;
+pub mod session;
+pub mod throttle;
+pub mod tokens;

@@ -1,11 +1,12 @@
 //! Request extractors that fail with the API's error model and name the offending field.
 
 use axum::{
-    extract::{FromRequest, Request, rejection::BytesRejection},
-    http::{StatusCode, header},
+    extract::{FromRequest, FromRequestParts, Path, Request, rejection::BytesRejection},
+    http::{StatusCode, header, request::Parts},
 };
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use uuid::Uuid;
 
 use super::error::ApiError;
 
@@ -50,13 +51,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             return ApiError::bad_request(format!("malformed JSON: {inner}"));
         }
         let message = inner.to_string();
-        // serde reports a missing field at its parent's path; name the field itself.
-        let field = match message
+        // serde reports missing and unknown fields at their parent's path.
+        let named = message
             .strip_prefix("missing field `")
-            .and_then(|rest| rest.split('`').next())
-        {
-            Some(missing) if path == "." => missing.to_owned(),
-            Some(missing) => format!("{path}.{missing}"),
+            .or_else(|| message.strip_prefix("unknown field `"))
+            .and_then(|rest| rest.split('`').next());
+        let field = match named {
+            Some(name) if path == "." => name.to_owned(),
+            Some(name) => format!("{path}.{name}"),
             None if path == "." => "body".to_owned(),
             None => path,
         };
@@ -68,6 +70,54 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             .to_owned();
         ApiError::field(field, message)
     })
+}
+
+/// A query string. Unknown or mistyped parameters answer 400 naming the parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        ApiQuery::parse(parts.uri.query().unwrap_or(""))
+    }
+}
+
+impl<T: DeserializeOwned> ApiQuery<T> {
+    pub fn parse(query: &str) -> Result<ApiQuery<T>, ApiError> {
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(ApiQuery)
+            .map_err(|err| {
+                let path = err.path().to_string();
+                let message = err.into_inner().to_string();
+                let field = match message
+                    .strip_prefix("missing field `")
+                    .or_else(|| message.strip_prefix("unknown field `"))
+                    .and_then(|rest| rest.split('`').next())
+                {
+                    Some(name) => name.to_owned(),
+                    None if path == "." => "query".to_owned(),
+                    None => path,
+                };
+                ApiError::field(field, message)
+            })
+    }
+}
+
+/// The `:id` of a resource route. An id that is not a UUID names no resource: 404, exactly
+/// like an id of another tenant, so nothing about ids leaks.
+pub struct IdPath(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<Uuid>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(IdPath(id)),
+            Err(_) => Err(ApiError::NotFound("resource")),
+        }
+    }
 }
 
 fn body_rejection(rejection: BytesRejection) -> ApiError {

@@ -1,9 +1,12 @@
 //! The HTTP API under `/api`: one router per module, merged here, behind the shared layers
 //! (request ids, tracing, the error envelope, body limit, panic catching).
 
+pub mod client;
 pub mod error;
 pub mod extract;
 mod health;
+pub mod list;
+pub mod patch;
 
 use std::time::Duration;
 
@@ -29,7 +32,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.http.max_body_bytes;
-    let api = Router::new().route("/public/health", get(health::health));
+    let api = crate::api::router().route("/public/health", get(health::health));
 
     Router::new()
         .nest("/api", api)
@@ -80,6 +83,7 @@ fn make_span(req: &Request) -> Span {
         method = %req.method(),
         path = %req.uri().path(),
         request_id = %request_id,
+        user_id = tracing::field::Empty,
     )
 }
 

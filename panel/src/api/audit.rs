@@ -1,0 +1,95 @@
+//! `GET /api/audit`: the tenant's audit log, newest first, filterable by action, user and
+//! time range.
+
+use axum::{Json, Router, extract::State, routing::get};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    auth::permissions::{Require, perm},
+    http::{
+        error::{ApiError, ApiResult},
+        list::{ListQuery, Page},
+    },
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/", get(list))
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub user_id: Option<Uuid>,
+    pub action: String,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub details: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Filter {
+    /// Exact action (`auth.login`), or a prefix ending in `.*` (`auth.*`).
+    action: Option<String>,
+    user_id: Option<Uuid>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    user: Require<perm::AuditRead>,
+    query: ListQuery<Filter>,
+) -> ApiResult<Json<Page<AuditEntry>>> {
+    let f = &query.filter;
+    if let (Some(from), Some(to)) = (f.from, f.to)
+        && from > to
+    {
+        return Err(ApiError::field("from", "must not be after 'to'"));
+    }
+    let order = query.sorting.order_by(
+        &[("createdAt", "created_at"), ("action", "action")],
+        "created_at",
+    )?;
+    let (exact, prefix) = match f.action.as_deref() {
+        Some(a) if a.ends_with(".*") => (None, Some(format!("{}.%", a.trim_end_matches(".*")))),
+        Some(a) => (Some(a.to_owned()), None),
+        None => (None, None),
+    };
+    const WHERE: &str = "tenant_id = $1 AND ($2::text IS NULL OR action = $2)
+        AND ($3::text IS NULL OR action LIKE $3) AND ($4::uuid IS NULL OR user_id = $4)
+        AND ($5::timestamptz IS NULL OR created_at >= $5)
+        AND ($6::timestamptz IS NULL OR created_at <= $6)";
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM audit_logs WHERE {WHERE}"
+    )))
+    .bind(user.tenant_id)
+    .bind(&exact)
+    .bind(&prefix)
+    .bind(f.user_id)
+    .bind(f.from)
+    .bind(f.to)
+    .fetch_one(&state.db)
+    .await?;
+    let items: Vec<AuditEntry> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, tenant_id, user_id, action, ip_address, user_agent, details, created_at
+           FROM audit_logs WHERE {WHERE} ORDER BY {order} LIMIT $7 OFFSET $8"
+    )))
+    .bind(user.tenant_id)
+    .bind(&exact)
+    .bind(&prefix)
+    .bind(f.user_id)
+    .bind(f.from)
+    .bind(f.to)
+    .bind(query.window.limit())
+    .bind(query.window.offset())
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(query.window.wrap(items, total)))
+}

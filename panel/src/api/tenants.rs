@@ -1,0 +1,302 @@
+//! `/api/tenants` (system-level, SUPER_ADMIN only): the organisations using the panel. A new
+//! tenant can be created together with its first administrator, since `/api/users` only
+//! ever acts within the caller's own tenant. Deactivating a tenant stops its users at once.
+
+use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use chrono::{DateTime, Utc};
+use mpanel_protocol::Slug;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::users::{self, User, check_display_name, check_email, check_password};
+use crate::{
+    app::AppState,
+    audit::{self, Entry},
+    auth::permissions::{Require, perm},
+    http::{
+        client::ClientMeta,
+        error::{ApiError, ApiResult},
+        extract::{ApiJson, IdPath},
+        list::{ListQuery, Page},
+    },
+    model::UserRole,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(list).post(create))
+        .route("/{id}", get(detail).patch(update).delete(deactivate))
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct Tenant {
+    pub id: Uuid,
+    pub name: String,
+    pub slug: String,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, name, slug, is_active, created_at, updated_at";
+
+fn check_name(value: &str) -> Result<String, ApiError> {
+    let v = value.trim();
+    if v.is_empty() || v.chars().count() > 100 || v.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            "name",
+            "1-100 characters, no control characters",
+        ));
+    }
+    Ok(v.to_owned())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Filter {
+    is_active: Option<bool>,
+    q: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    _user: Require<perm::TenantsRead>,
+    query: ListQuery<Filter>,
+) -> ApiResult<Json<Page<Tenant>>> {
+    let order = query.sorting.order_by(
+        &[
+            ("name", "name"),
+            ("slug", "slug"),
+            ("createdAt", "created_at"),
+        ],
+        "created_at",
+    )?;
+    let pattern = query.filter.q.as_deref().map(super::servers::like_pattern);
+    const WHERE: &str = "($1::boolean IS NULL OR is_active = $1)
+        AND ($2::text IS NULL OR name ILIKE $2 OR slug ILIKE $2)";
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM tenants WHERE {WHERE}"
+    )))
+    .bind(query.filter.is_active)
+    .bind(&pattern)
+    .fetch_one(&state.db)
+    .await?;
+    let items: Vec<Tenant> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM tenants WHERE {WHERE} ORDER BY {order} LIMIT $3 OFFSET $4"
+    )))
+    .bind(query.filter.is_active)
+    .bind(&pattern)
+    .bind(query.window.limit())
+    .bind(query.window.offset())
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(query.window.wrap(items, total)))
+}
+
+async fn find(db: impl sqlx::PgExecutor<'_>, id: Uuid) -> ApiResult<Tenant> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM tenants WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(db)
+    .await?
+    .ok_or(ApiError::NotFound("tenant"))
+}
+
+async fn detail(
+    State(state): State<AppState>,
+    _user: Require<perm::TenantsRead>,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<Tenant>> {
+    find(&state.db, id).await.map(Json)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FirstAdmin {
+    email: String,
+    display_name: String,
+    password: String,
+    role: Option<UserRole>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CreateTenant {
+    name: String,
+    slug: String,
+    admin: Option<FirstAdmin>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CreatedTenant {
+    #[serde(flatten)]
+    tenant: Tenant,
+    admin: Option<User>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    user: Require<perm::TenantsWrite>,
+    client: ClientMeta,
+    ApiJson(body): ApiJson<CreateTenant>,
+) -> ApiResult<(StatusCode, Json<CreatedTenant>)> {
+    let name = check_name(&body.name)?;
+    let slug = Slug::parse(&body.slug).map_err(|e| ApiError::field("slug", e.to_string()))?;
+    let admin = match &body.admin {
+        Some(a) => {
+            let email = check_email("admin.email", &a.email)?;
+            let display_name = check_display_name(&a.display_name)
+                .map_err(|_| ApiError::field("admin.displayName", "1-100 characters"))?;
+            check_password("admin.password", &a.password)?;
+            Some((
+                email,
+                display_name,
+                a.password.clone(),
+                a.role.unwrap_or(UserRole::Admin),
+            ))
+        }
+        None => None,
+    };
+
+    let mut tx = state.db.begin().await?;
+    let tenant: Tenant = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO tenants (name, slug) VALUES ($1, $2) RETURNING {COLUMNS}"
+    )))
+    .bind(&name)
+    .bind(slug.as_str())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(
+        |e| match e.as_database_error().and_then(|d| d.constraint()) {
+            Some("tenants_slug_key") => ApiError::Conflict(format!("slug '{slug}' is taken")),
+            _ => e.into(),
+        },
+    )?;
+    audit::record(
+        &mut tx,
+        Entry {
+            tenant_id: tenant.id,
+            user_id: None,
+            action: "tenant.create",
+            client: Some(&client),
+            details: json!({ "tenantId": tenant.id, "slug": tenant.slug, "by": user.id }),
+        },
+    )
+    .await?;
+    let admin = match admin {
+        Some((email, display_name, password, role)) => {
+            let created =
+                users::insert_user(&mut tx, tenant.id, &email, &display_name, role, password)
+                    .await?;
+            audit::record(
+                &mut tx,
+                Entry {
+                    tenant_id: tenant.id,
+                    user_id: None,
+                    action: "user.create",
+                    client: Some(&client),
+                    details: json!({
+                        "userId": created.id, "email": created.email, "role": created.role, "by": user.id,
+                    }),
+                },
+            )
+            .await?;
+            Some(created)
+        }
+        None => None,
+    };
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(CreatedTenant { tenant, admin })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct UpdateTenant {
+    name: Option<String>,
+    is_active: Option<bool>,
+}
+
+async fn update(
+    State(state): State<AppState>,
+    user: Require<perm::TenantsWrite>,
+    client: ClientMeta,
+    IdPath(id): IdPath,
+    ApiJson(body): ApiJson<UpdateTenant>,
+) -> ApiResult<Json<Tenant>> {
+    let name = body.name.as_deref().map(check_name).transpose()?;
+    if id == user.tenant_id && body.is_active == Some(false) {
+        return Err(ApiError::Conflict(
+            "you cannot deactivate your own tenant".to_owned(),
+        ));
+    }
+    let mut tx = state.db.begin().await?;
+    find(&mut *tx, id).await?;
+    let tenant: Tenant = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE tenants SET name = COALESCE($2, name), is_active = COALESCE($3, is_active)
+          WHERE id = $1 RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(&name)
+    .bind(body.is_active)
+    .fetch_one(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        Entry {
+            tenant_id: id,
+            user_id: (id == user.tenant_id).then_some(user.id),
+            action: "tenant.update",
+            client: Some(&client),
+            details: json!({ "tenantId": id, "changes": { "name": name, "isActive": body.is_active }, "by": user.id }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(tenant))
+}
+
+async fn deactivate(
+    State(state): State<AppState>,
+    user: Require<perm::TenantsDeactivate>,
+    client: ClientMeta,
+    IdPath(id): IdPath,
+) -> ApiResult<StatusCode> {
+    if id == user.tenant_id {
+        return Err(ApiError::Conflict(
+            "you cannot deactivate your own tenant".to_owned(),
+        ));
+    }
+    let mut tx = state.db.begin().await?;
+    let tenant = find(&mut *tx, id).await?;
+    sqlx::query("UPDATE tenants SET is_active = false WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    // Its users' tokens already stop working (the tenant is checked on every request);
+    // ending the sessions also stops refreshes if the tenant is reactivated later.
+    let ended = sqlx::query(
+        "UPDATE refresh_sessions SET revoked_at = now(), revoke_reason = 'tenant deactivated'
+          WHERE tenant_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    audit::record(
+        &mut tx,
+        Entry {
+            tenant_id: id,
+            user_id: None,
+            action: "tenant.deactivate",
+            client: Some(&client),
+            details: json!({ "tenantId": id, "slug": tenant.slug, "sessionsEnded": ended, "by": user.id }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

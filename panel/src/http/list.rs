@@ -1,0 +1,137 @@
+//! The list conventions of every collection: `?page=1&pageSize=50` in, and
+//! `{"items":[...],"total":N,"page":1,"pageSize":50}` out.
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::{error::ApiError, extract::ApiQuery};
+
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 200;
+
+/// A collection's query string: paging and sorting, plus the collection's own filters `F`
+/// (a struct with `deny_unknown_fields`, so a misspelt filter is a 400, not ignored).
+pub struct ListQuery<F> {
+    pub window: PageWindow,
+    pub sorting: Sorting,
+    pub filter: F,
+}
+
+impl<S: Send + Sync, F: DeserializeOwned> FromRequestParts<S> for ListQuery<F> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let mut page = None;
+        let mut page_size = None;
+        let mut sorting = Sorting::default();
+        let mut rest = form_urlencoded::Serializer::new(String::new());
+        for (key, value) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
+            match key.as_ref() {
+                "page" => page = Some(parse_number("page", &value)?),
+                "pageSize" => page_size = Some(parse_number("pageSize", &value)?),
+                "sort" => sorting.sort = Some(value.into_owned()),
+                "order" => sorting.order = Some(value.into_owned()),
+                _ => {
+                    rest.append_pair(&key, &value);
+                }
+            }
+        }
+        let window = resolve(page, page_size)?;
+        let rest = rest.finish();
+        let ApiQuery(filter) = ApiQuery::<F>::parse(&rest)?;
+        Ok(ListQuery {
+            window,
+            sorting,
+            filter,
+        })
+    }
+}
+
+fn parse_number(field: &str, value: &str) -> Result<u32, ApiError> {
+    value
+        .parse()
+        .map_err(|_| ApiError::field(field, format!("'{value}' is not a positive whole number")))
+}
+
+fn resolve(page: Option<u32>, size: Option<u32>) -> Result<PageWindow, ApiError> {
+    let page = page.unwrap_or(1);
+    let size = size.unwrap_or(DEFAULT_PAGE_SIZE);
+    if page == 0 {
+        return Err(ApiError::field("page", "pages start at 1"));
+    }
+    if size == 0 || size > MAX_PAGE_SIZE {
+        return Err(ApiError::field(
+            "pageSize",
+            format!("must be between 1 and {MAX_PAGE_SIZE}"),
+        ));
+    }
+    Ok(PageWindow { page, size })
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PageWindow {
+    pub page: u32,
+    pub size: u32,
+}
+
+impl PageWindow {
+    pub fn limit(&self) -> i64 {
+        i64::from(self.size)
+    }
+    pub fn offset(&self) -> i64 {
+        i64::from(self.page - 1) * i64::from(self.size)
+    }
+    pub fn wrap<T: Serialize>(self, items: Vec<T>, total: i64) -> Page<T> {
+        Page {
+            items,
+            total,
+            page: self.page,
+            page_size: self.size,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T: Serialize> {
+    pub items: Vec<T>,
+    pub total: i64,
+    pub page: u32,
+    pub page_size: u32,
+}
+
+/// `sort=field&order=asc|desc`, checked against the columns a collection allows.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Sorting {
+    pub sort: Option<String>,
+    pub order: Option<String>,
+}
+
+impl Sorting {
+    /// The SQL `ORDER BY` for this request. `allowed` maps API names to column names, so
+    /// only fixed strings ever reach the SQL.
+    pub fn order_by(
+        &self,
+        allowed: &[(&str, &'static str)],
+        default: &'static str,
+    ) -> Result<String, ApiError> {
+        let column = match &self.sort {
+            None => default,
+            Some(s) => allowed
+                .iter()
+                .find(|(name, _)| name == s)
+                .map(|(_, col)| *col)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = allowed.iter().map(|(n, _)| *n).collect();
+                    ApiError::field("sort", format!("use one of {}", names.join(", ")))
+                })?,
+        };
+        let direction = match self.order.as_deref() {
+            None | Some("desc") => "DESC",
+            Some("asc") => "ASC",
+            Some(_) => return Err(ApiError::field("order", "use asc or desc")),
+        };
+        // The id breaks ties, so pages never overlap.
+        Ok(format!("{column} {direction}, id {direction}"))
+    }
+}
