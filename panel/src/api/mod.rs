@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod enrollment;
 pub mod servers;
 pub mod tenants;
 pub mod users;
@@ -19,4 +20,5 @@ pub fn router() -> Router<AppState> {
         .nest("/users", users::router())
         .nest("/servers", servers::router())
         .nest("/audit", audit::router())
+        .merge(enrollment::router())
 }
