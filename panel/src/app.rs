@@ -8,7 +8,10 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{auth::tokens::TokenKeys, config::Config, db, http, redis::Redis};
+use crate::{
+    auth::tokens::TokenKeys, config::Config, db, fleet::ca::CertificateAuthority, http, jobs,
+    redis::Redis,
+};
 
 /// What every handler and background task shares. Cheap to clone.
 #[derive(Clone)]
@@ -17,6 +20,8 @@ pub struct AppState {
     pub db: PgPool,
     pub redis: Redis,
     pub tokens: Arc<TokenKeys>,
+    /// The fleet's certificate authority, created on the panel's first start.
+    pub ca: Arc<CertificateAuthority>,
 }
 
 impl AppState {
@@ -31,7 +36,15 @@ impl AppState {
             // Not fatal: PostgreSQL is the truth and work is re-queued once Redis is back.
             tracing::warn!(error = %e, "Redis is not reachable yet; continuing");
         }
+        let fleet = config.fleet.clone();
+        let ca = tokio::task::spawn_blocking(move || {
+            CertificateAuthority::load_or_create(&fleet.ca_cert_path, &fleet.ca_key_path)
+        })
+        .await
+        .context("loading the fleet CA")?
+        .context("the fleet certificate authority (CA_CERT_PATH, CA_KEY_PATH)")?;
         Ok(AppState {
+            ca: Arc::new(ca),
             tokens: Arc::new(TokenKeys::new(&config.jwt)),
             config: Arc::new(config),
             db,
@@ -74,6 +87,12 @@ impl Application {
         )
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let server = tokio::spawn(async move { server.await });
+        let worker = self.state.config.jobs.run_worker.then(|| {
+            let dispatcher = jobs::dispatcher::from_config(&self.state.config.jobs);
+            tokio::spawn(
+                jobs::worker::Worker::new(self.state.clone(), dispatcher).run(shutdown.clone()),
+            )
+        });
         shutdown.cancelled().await;
         tracing::info!("shutting down: draining in-flight requests");
         match tokio::time::timeout(grace, server).await {
@@ -82,6 +101,10 @@ impl Application {
                 timeout_secs = grace.as_secs(),
                 "in-flight requests did not finish in time; exiting anyway"
             ),
+        }
+        if let Some(worker) = worker {
+            // The worker bounds its own wait for running jobs by the same timeout.
+            let _ = worker.await;
         }
         self.state.db.close().await;
         tracing::info!("stopped");

@@ -10,10 +10,10 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    app::{Application, cancel_on_signals},
+    app::{AppState, Application, cancel_on_signals},
     bootstrap::{self, NewAdmin},
     config::Config,
-    db,
+    db, jobs,
     model::UserRole,
     telemetry,
 };
@@ -29,6 +29,9 @@ struct Cli {
 enum Command {
     /// Run the HTTP API. Configuration comes from the environment (and ./.env if present).
     Serve,
+    /// Run a job worker alone (several may run beside `serve`, which runs one too unless
+    /// RUN_WORKER=false).
+    Worker,
     /// Apply pending database migrations and exit.
     Migrate,
     /// Create an operator account, and its tenant if the slug is new.
@@ -87,7 +90,7 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     // Commands whose stdout is their result log to stderr.
-    let logs_to_stdout = matches!(command, Command::Serve);
+    let logs_to_stdout = matches!(command, Command::Serve | Command::Worker);
     telemetry::init(&config.log, logs_to_stdout)?;
     match command {
         Command::Serve => {
@@ -101,6 +104,18 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             cancel_on_signals(shutdown.clone());
             app.run(shutdown).await
+        }
+        Command::Worker => {
+            let state = AppState::connect(config).await?;
+            let dispatcher = jobs::dispatcher::from_config(&state.config.jobs);
+            let shutdown = CancellationToken::new();
+            cancel_on_signals(shutdown.clone());
+            jobs::worker::Worker::new(state.clone(), dispatcher)
+                .run(shutdown)
+                .await;
+            state.db.close().await;
+            tracing::info!("stopped");
+            Ok(())
         }
         Command::Migrate => {
             let pool = db::connect(&config.database).await?;

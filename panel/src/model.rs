@@ -69,3 +69,27 @@ pub enum ServerRole {
     Db,
     Storage,
 }
+
+macro_rules! db_enum {
+    ($(#[$doc:meta])* $name:ident as $sql:literal { $($variant:ident),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+        #[sqlx(type_name = $sql, rename_all = "SCREAMING_SNAKE_CASE")]
+        #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+        pub enum $name { $($variant),* }
+    };
+}
+
+db_enum!(ProductType as "product_type" { SharedHosting, Vps, Email, Dns, Storage });
+db_enum!(OrderStatus as "order_status" { Pending, Paid, Failed, Cancelled, Refunded });
+db_enum!(SubscriptionStatus as "subscription_status" { Active, PastDue, Cancelled, Trialing, Inactive });
+db_enum!(DomainStatus as "domain_status" { Active, Suspended, PendingSetup, PendingTransfer });
+db_enum!(JobStatus as "job_status" { Pending, Running, Success, Failed });
+db_enum!(BillingInterval as "billing_interval" { Monthly, Yearly });
+db_enum!(
+    /// What a job does; each becomes one typed command for one server's agent.
+    JobType as "job_type" {
+        ProvisionHosting, ProvisionDns, ProvisionMail, ProvisionVps,
+        SuspendAccount, UnsuspendAccount, TerminateAccount,
+    }
+);

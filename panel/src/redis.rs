@@ -13,6 +13,9 @@ use crate::config::RedisConfig;
 #[derive(Clone)]
 pub struct Redis {
     conn: ConnectionManager,
+    /// Blocking reads (the worker's XREADGROUP BLOCK) hold their connection until they
+    /// return; on the shared multiplexed connection they would stall every other command.
+    blocking: ConnectionManager,
     prefix: Arc<str>,
 }
 
@@ -25,10 +28,13 @@ impl Redis {
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_cfg)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg.clone())
+            .context("creating the Redis connection manager")?;
+        let blocking = ConnectionManager::new_lazy_with_config(client, manager_cfg)
             .context("creating the Redis connection manager")?;
         Ok(Redis {
             conn,
+            blocking,
             prefix: cfg.key_prefix.as_str().into(),
         })
     }
@@ -45,6 +51,12 @@ impl Redis {
     /// A handle for commands; cheap to clone, multiplexed over one connection.
     pub fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// The connection for blocking commands only (their wait must stay below the 5s
+    /// response timeout).
+    pub fn blocking_conn(&self) -> ConnectionManager {
+        self.blocking.clone()
     }
 
     pub async fn ping(&self) -> redis::RedisResult<()> {

@@ -1,8 +1,10 @@
 //! Types shared by the mPanel panel and its agents.
 //!
 //! [`values`] holds the validating newtypes that guard the HTTP API, the job queue and the
-//! agent with one set of rules.
+//! agent with one set of rules; [`messages`] holds the versioned messages of the panel–agent
+//! protocol and of enrollment.
 
+pub mod messages;
 pub mod values;
 
 pub use values::*;

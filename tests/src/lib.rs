@@ -1,6 +1,7 @@
 //! Test harness: a fresh database per test, a Redis key prefix per test, and the real panel
 //! process started on a random port.
 
+pub mod api;
 pub mod db;
 pub mod panel;
 

@@ -143,10 +143,7 @@ impl TestApp {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             db,
             redis_prefix,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
+            http: http_client(),
             dir,
             env,
             child: None,
@@ -189,6 +186,23 @@ impl TestApp {
             .send()
             .await
             .expect("POST")
+    }
+
+    /// The environment the panel runs with (database, Redis prefix, secrets …).
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// Starts `mpanel worker` against this app's database and Redis, with `extra` on top
+    /// of the panel's environment. The child is killed when dropped.
+    pub fn spawn_worker(&self, extra: &[(&str, &str)]) -> Child {
+        let mut cmd = command("mpanel", self.dir.path());
+        cmd.arg("worker")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(extra.iter().copied())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        cmd.spawn().expect("spawn mpanel worker")
     }
 
     /// Runs `mpanel <args>` against this app's database, feeding `stdin`.
@@ -296,6 +310,16 @@ pub async fn delete_redis_keys(prefix: &str) {
     if !keys.is_empty() {
         let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
     }
+}
+
+/// A reqwest client for the tests. The workspace's reqwest is built with rustls and no
+/// default crypto provider (the agent chooses ring), so one is installed first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
 }
 
 /// Polls `probe` until it returns `Some`, or panics after `deadline` naming `what`.

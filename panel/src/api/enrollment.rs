@@ -1,9 +1,164 @@
-//! Agent enrollment routes (being written with the fleet).
+//! Agent enrollment over HTTP:
+//!
+//! - `POST /api/servers/{id}/enrollment-token` (operators, `AgentsEnroll`): a one-time token
+//!   for one of the tenant's live servers, and the command to run on it.
+//! - `POST /api/agents/enroll` (no JWT: the token is the credential): the agent trades the
+//!   token and a CSR for its certificate.
+//!
+//! The logic and its invariants are in [`crate::fleet::enroll`]; this module maps HTTP to it.
+//! Not throttled yet: tokens carry 256 random bits, so guessing is hopeless, but each
+//! redemption attempt verifies a CSR signature, which a rate limit per IP should bound.
 
-use axum::Router;
+use std::time::Duration;
 
-use crate::app::AppState;
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    routing::post,
+};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use mpanel_protocol::messages::{EnrollRequest, EnrollResponse};
+use serde::{Deserialize, Serialize};
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    auth::permissions::{Require, perm},
+    fleet::enroll::{self, DEFAULT_TOKEN_TTL, EnrollError},
+    http::{
+        client::ClientMeta,
+        error::{ApiError, ApiResult},
+        extract::{ApiJson, IdPath, parse_json},
+    },
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/servers/{id}/enrollment-token", post(create_token))
+        .route("/agents/enroll", post(enroll_agent))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CreateToken {
+    /// 1 to 1440; 60 when absent.
+    ttl_minutes: Option<u32>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenCreated {
+    token: String,
+    expires_at: DateTime<Utc>,
+    server_id: Uuid,
+    ca_fingerprint: String,
+    /// What to run on the server, token included.
+    command: String,
+}
+
+/// The body is optional: none (or an empty one) means the defaults.
+fn optional_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<CreateToken> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(CreateToken::default());
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let mime = ct.split(';').next().unwrap_or("").trim();
+            mime == "application/json" || mime.ends_with("+json")
+        });
+    if !is_json {
+        return Err(ApiError::bad_request(
+            "expected a JSON body with Content-Type: application/json",
+        ));
+    }
+    parse_json(body)
+}
+
+#[instrument(skip_all, fields(server_id = %id))]
+async fn create_token(
+    State(state): State<AppState>,
+    user: Require<perm::AgentsEnroll>,
+    client: ClientMeta,
+    IdPath(id): IdPath,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
+    let body = optional_body(&headers, &body)?;
+    let ttl = match body.ttl_minutes {
+        None => DEFAULT_TOKEN_TTL,
+        Some(m @ 1..=1440) => Duration::from_secs(u64::from(m) * 60),
+        Some(_) => return Err(ApiError::field("ttlMinutes", "must be between 1 and 1440")),
+    };
+    let ca = state.ca.clone();
+
+    let mut tx = state.db.begin().await?;
+    let issued = enroll::issue_token(
+        &mut tx,
+        &ca,
+        user.tenant_id,
+        id,
+        Some(user.id),
+        Some(&client),
+        ttl,
+    )
+    .await?
+    .ok_or(ApiError::NotFound("server"))?;
+    tx.commit().await?;
+
+    let panel = state.config.app_url.as_str().trim_end_matches('/');
+    let token = issued.token.expose().to_owned();
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenCreated {
+            command: format!("mpanel-agent enroll --panel {panel} --token {token}"),
+            token,
+            expires_at: issued.expires_at,
+            server_id: id,
+            ca_fingerprint: ca.fingerprint_sha256().to_owned(),
+        }),
+    ))
+}
+
+#[instrument(skip_all)]
+async fn enroll_agent(
+    State(state): State<AppState>,
+    client: ClientMeta,
+    ApiJson(request): ApiJson<EnrollRequest>,
+) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
+    let ca = state.ca.clone();
+    let mut tx = state.db.begin().await?;
+    let enrollment = enroll::redeem(&mut tx, &ca, &request, Some(&client))
+        .await
+        .map_err(|e| match e {
+            EnrollError::Refused => ApiError::Unauthorized(e.to_string()),
+            EnrollError::Csr(csr) => ApiError::field("csrPem", csr.to_string()),
+            EnrollError::Internal(cause) => ApiError::Internal(cause),
+        })?;
+    tx.commit().await?;
+    tracing::info!(
+        agent_id = %enrollment.agent_id,
+        server_id = %enrollment.server_id,
+        serial = %enrollment.certificate.serial_hex,
+        "agent enrolled"
+    );
+
+    let cert = enrollment.certificate;
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrollResponse {
+            agent_id: enrollment.agent_id,
+            server_id: enrollment.server_id,
+            certificate_pem: cert.pem,
+            ca_pem: ca.ca_pem().to_owned(),
+            ca_fingerprint: ca.fingerprint_sha256().to_owned(),
+            serial: cert.serial_hex,
+            not_after: cert.not_after,
+            hub_url: state.config.fleet.public_url.to_string(),
+        }),
+    ))
 }

@@ -42,6 +42,36 @@ pub struct Tenant {
 
 const COLUMNS: &str = "id, name, slug, is_active, created_at, updated_at";
 
+/// A tenant change is recorded in the operator's own tenant (so their audit log shows what
+/// they did) and, when it is another tenant, in that tenant's log too.
+async fn audit_tenant(
+    conn: &mut sqlx::PgConnection,
+    actor: &crate::auth::current::CurrentUser,
+    client: &ClientMeta,
+    target: Uuid,
+    action: &str,
+    details: serde_json::Value,
+) -> sqlx::Result<()> {
+    let mut tenants = vec![actor.tenant_id];
+    if target != actor.tenant_id {
+        tenants.push(target);
+    }
+    for tenant_id in tenants {
+        audit::record(
+            conn,
+            Entry {
+                tenant_id,
+                user_id: Some(actor.id),
+                action,
+                client: Some(client),
+                details: details.clone(),
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 fn check_name(value: &str) -> Result<String, ApiError> {
     let v = value.trim();
     if v.is_empty() || v.chars().count() > 100 || v.chars().any(char::is_control) {
@@ -176,15 +206,13 @@ async fn create(
             _ => e.into(),
         },
     )?;
-    audit::record(
+    audit_tenant(
         &mut tx,
-        Entry {
-            tenant_id: tenant.id,
-            user_id: None,
-            action: "tenant.create",
-            client: Some(&client),
-            details: json!({ "tenantId": tenant.id, "slug": tenant.slug, "by": user.id }),
-        },
+        &user,
+        &client,
+        tenant.id,
+        "tenant.create",
+        json!({ "tenantId": tenant.id, "slug": tenant.slug }),
     )
     .await?;
     let admin = match admin {
@@ -192,17 +220,13 @@ async fn create(
             let created =
                 users::insert_user(&mut tx, tenant.id, &email, &display_name, role, password)
                     .await?;
-            audit::record(
+            audit_tenant(
                 &mut tx,
-                Entry {
-                    tenant_id: tenant.id,
-                    user_id: None,
-                    action: "user.create",
-                    client: Some(&client),
-                    details: json!({
-                        "userId": created.id, "email": created.email, "role": created.role, "by": user.id,
-                    }),
-                },
+                &user,
+                &client,
+                tenant.id,
+                "user.create",
+                json!({ "userId": created.id, "email": created.email, "role": created.role }),
             )
             .await?;
             Some(created)
@@ -244,15 +268,13 @@ async fn update(
     .bind(body.is_active)
     .fetch_one(&mut *tx)
     .await?;
-    audit::record(
+    audit_tenant(
         &mut tx,
-        Entry {
-            tenant_id: id,
-            user_id: (id == user.tenant_id).then_some(user.id),
-            action: "tenant.update",
-            client: Some(&client),
-            details: json!({ "tenantId": id, "changes": { "name": name, "isActive": body.is_active }, "by": user.id }),
-        },
+        &user,
+        &client,
+        id,
+        "tenant.update",
+        json!({ "tenantId": id, "changes": { "name": name, "isActive": body.is_active } }),
     )
     .await?;
     tx.commit().await?;
@@ -286,15 +308,13 @@ async fn deactivate(
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    audit::record(
+    audit_tenant(
         &mut tx,
-        Entry {
-            tenant_id: id,
-            user_id: None,
-            action: "tenant.deactivate",
-            client: Some(&client),
-            details: json!({ "tenantId": id, "slug": tenant.slug, "sessionsEnded": ended, "by": user.id }),
-        },
+        &user,
+        &client,
+        id,
+        "tenant.deactivate",
+        json!({ "tenantId": id, "slug": tenant.slug, "sessionsEnded": ended }),
     )
     .await?;
     tx.commit().await?;

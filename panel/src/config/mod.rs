@@ -48,6 +48,7 @@ pub struct Config {
     pub app_url: Url,
     pub log: LogConfig,
     pub fleet: FleetConfig,
+    pub jobs: JobsConfig,
     pub data_dir: PathBuf,
     /// How long SIGTERM waits for in-flight requests and jobs before giving up.
     pub shutdown_timeout: Duration,
@@ -122,6 +123,32 @@ pub struct FleetConfig {
     pub public_url: Url,
     pub ca_cert_path: PathBuf,
     pub ca_key_path: PathBuf,
+}
+
+/// Which dispatcher runs jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DispatcherKind {
+    /// The agent fleet (the real thing).
+    Fleet,
+    /// Development only: jobs succeed after a delay, touching nothing.
+    Simulate,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// Whether `mpanel serve` also runs a worker (`mpanel worker` runs one alone).
+    pub run_worker: bool,
+    /// Jobs one worker process runs at once.
+    pub concurrency: usize,
+    /// How long a worker holds a job before others may take it over; renewed while it runs.
+    pub lease: Duration,
+    pub max_attempts: i32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How often due jobs are (re-)pushed to Redis and lost workers' jobs recovered.
+    pub sweep_interval: Duration,
+    pub dispatcher: DispatcherKind,
+    pub simulate_delay: Duration,
 }
 
 /// Every problem found in the environment, one per line.
@@ -309,6 +336,43 @@ impl Config {
 
         let shutdown_timeout = r.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(30));
 
+        let jobs = JobsConfig {
+            run_worker: r.boolean("RUN_WORKER", true),
+            concurrency: r.number("WORKER_CONCURRENCY", 4usize),
+            lease: r.duration("JOB_LEASE", Duration::from_secs(60)),
+            max_attempts: r.number("JOB_MAX_ATTEMPTS", 5i32),
+            retry_base: r.duration("JOB_RETRY_BASE", Duration::from_secs(5)),
+            retry_max: r.duration("JOB_RETRY_MAX", Duration::from_secs(600)),
+            sweep_interval: r.duration("JOB_SWEEP_INTERVAL", Duration::from_secs(2)),
+            dispatcher: match r.get("JOB_DISPATCHER").as_deref() {
+                None | Some("fleet") => DispatcherKind::Fleet,
+                Some("simulate") if !prod => DispatcherKind::Simulate,
+                Some("simulate") => {
+                    r.problem("JOB_DISPATCHER: simulate is for development only".into());
+                    DispatcherKind::Fleet
+                }
+                Some(other) => {
+                    r.problem(format!(
+                        "JOB_DISPATCHER: '{other}' is not fleet or simulate"
+                    ));
+                    DispatcherKind::Fleet
+                }
+            },
+            simulate_delay: r.duration("JOB_SIMULATE_DELAY", Duration::from_millis(50)),
+        };
+        if !(1..=256).contains(&jobs.concurrency) {
+            r.problem("WORKER_CONCURRENCY: must be between 1 and 256".into());
+        }
+        if !(1..=100).contains(&jobs.max_attempts) {
+            r.problem("JOB_MAX_ATTEMPTS: must be between 1 and 100".into());
+        }
+        if jobs.lease < Duration::from_secs(1) {
+            r.problem("JOB_LEASE: must be at least 1s".into());
+        }
+        if jobs.sweep_interval < Duration::from_millis(100) {
+            r.problem("JOB_SWEEP_INTERVAL: must be at least 100ms".into());
+        }
+
         if !r.problems.is_empty() {
             return Err(ConfigError {
                 problems: r.problems,
@@ -353,6 +417,7 @@ impl Config {
                 ca_cert_path,
                 ca_key_path,
             },
+            jobs,
             data_dir,
             shutdown_timeout,
         })

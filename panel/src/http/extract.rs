@@ -51,10 +51,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             return ApiError::bad_request(format!("malformed JSON: {inner}"));
         }
         let message = inner.to_string();
-        // serde reports missing and unknown fields at their parent's path.
+        // A missing field is reported at its parent's path; an unknown one at its own.
         let named = message
             .strip_prefix("missing field `")
-            .or_else(|| message.strip_prefix("unknown field `"))
             .and_then(|rest| rest.split('`').next());
         let field = match named {
             Some(name) if path == "." => name.to_owned(),
@@ -140,6 +139,7 @@ mod tests {
         amount: u32,
     }
     #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct Customer {
         email: String,
@@ -167,5 +167,9 @@ mod tests {
             Some("amount")
         );
         assert_eq!(field_of("{").as_deref(), None);
+        assert_eq!(
+            field_of(r#"{"customer":{"email":"a@b.c","x":1},"amount":1}"#).as_deref(),
+            Some("customer.x")
+        );
     }
 }

@@ -5,6 +5,7 @@ pub mod client;
 pub mod error;
 pub mod extract;
 mod health;
+pub mod internal;
 pub mod list;
 pub mod patch;
 

@@ -1,0 +1,641 @@
+//! `/api/products` and `/api/plans`: the tenant's catalog (spec §6.2). Deleting deactivates,
+//! because orders and subscriptions keep pointing at what was sold.
+
+use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use chrono::{DateTime, Utc};
+use mpanel_protocol::{Currency, PhpVersion, Slug};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    audit::{self, Entry},
+    auth::permissions::{Require, perm},
+    http::{
+        client::ClientMeta,
+        error::{ApiError, ApiResult},
+        extract::{ApiJson, IdPath},
+        list::{ListQuery, Page},
+        patch::nullable,
+    },
+    model::{BillingInterval, ProductType},
+};
+
+pub fn products_router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(list_products).post(create_product))
+        .route("/public", get(super::public::products))
+        .route(
+            "/{id}",
+            get(product_detail)
+                .patch(update_product)
+                .delete(deactivate_product),
+        )
+}
+
+pub fn plans_router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(list_plans).post(create_plan))
+        .route("/public", get(super::public::plans))
+        .route(
+            "/{id}",
+            get(plan_detail).patch(update_plan).delete(deactivate_plan),
+        )
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct Product {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub slug: String,
+    #[serde(rename = "type")]
+    #[sqlx(rename = "type")]
+    pub kind: ProductType,
+    pub description: Option<String>,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const PRODUCT_COLUMNS: &str =
+    "id, tenant_id, name, slug, type, description, is_active, created_at, updated_at";
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub product_id: Uuid,
+    pub name: String,
+    pub slug: String,
+    pub price_monthly_cents: i32,
+    pub price_yearly_cents: i32,
+    pub currency: String,
+    pub billing_interval: BillingInterval,
+    pub is_popular: bool,
+    pub is_active: bool,
+    pub limits_json: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const PLAN_COLUMNS: &str = "id, tenant_id, product_id, name, slug, price_monthly_cents, \
+     price_yearly_cents, currency, billing_interval, is_popular, is_active, limits_json, \
+     created_at, updated_at";
+
+/// What a plan includes (spec: `{ diskGb, bandwidthGb, sites, emails }`), plus the PHP
+/// version its sites get. Unknown keys are refused so a typo cannot silently sell nothing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PlanLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_gb: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bandwidth_gb: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sites: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emails: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub php_version: Option<PhpVersion>,
+}
+
+impl PlanLimits {
+    /// Stored limits of a plan; rows written before validation existed read as empty.
+    pub fn from_stored(value: Option<&Value>) -> PlanLimits {
+        value
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn includes_mail(&self) -> bool {
+        self.emails.is_some_and(|n| n > 0)
+    }
+}
+
+fn check_text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
+    let v = value.trim();
+    if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            field,
+            format!("1-{max} characters, no control characters"),
+        ));
+    }
+    Ok(v.to_owned())
+}
+
+fn check_description(value: &str) -> Result<String, ApiError> {
+    let v = value.trim();
+    if v.chars().count() > 2000 {
+        return Err(ApiError::field("description", "at most 2000 characters"));
+    }
+    Ok(v.to_owned())
+}
+
+fn check_slug(value: &str) -> Result<Slug, ApiError> {
+    Slug::parse(value).map_err(|e| ApiError::field("slug", e.to_string()))
+}
+
+fn check_price(field: &str, cents: i64) -> Result<i32, ApiError> {
+    i32::try_from(cents)
+        .ok()
+        .filter(|c| *c >= 0)
+        .ok_or_else(|| ApiError::field(field, "must be a whole number of cents, 0 or more"))
+}
+
+fn check_limits(value: Value) -> Result<Value, ApiError> {
+    let limits: PlanLimits = serde_json::from_value(value).map_err(|e| {
+        ApiError::field(
+            "limitsJson",
+            e.to_string().split(" at line ").next().unwrap_or(""),
+        )
+    })?;
+    Ok(serde_json::to_value(limits).expect("limits serialize"))
+}
+
+fn slug_conflict(e: sqlx::Error, what: &str, slug: &str) -> ApiError {
+    match e.as_database_error().and_then(|d| d.constraint()) {
+        Some("products_slug_key") | Some("plans_tenant_id_slug_key") => {
+            ApiError::Conflict(format!("a {what} with slug '{slug}' already exists"))
+        }
+        _ => e.into(),
+    }
+}
+
+async fn audit_change(
+    conn: &mut sqlx::PgConnection,
+    user: &crate::auth::current::CurrentUser,
+    client: &ClientMeta,
+    action: &str,
+    details: Value,
+) -> sqlx::Result<()> {
+    audit::record(
+        conn,
+        Entry {
+            tenant_id: user.tenant_id,
+            user_id: Some(user.id),
+            action,
+            client: Some(client),
+            details,
+        },
+    )
+    .await
+}
+
+// ----- products ---------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ProductFilter {
+    #[serde(rename = "type")]
+    kind: Option<ProductType>,
+    is_active: Option<bool>,
+    q: Option<String>,
+}
+
+async fn list_products(
+    State(state): State<AppState>,
+    user: Require<perm::CatalogRead>,
+    query: ListQuery<ProductFilter>,
+) -> ApiResult<Json<Page<Product>>> {
+    let order = query.sorting.order_by(
+        &[
+            ("name", "name"),
+            ("slug", "slug"),
+            ("createdAt", "created_at"),
+        ],
+        "created_at",
+    )?;
+    let f = &query.filter;
+    let pattern = f.q.as_deref().map(super::servers::like_pattern);
+    const WHERE: &str = "tenant_id = $1 AND ($2::product_type IS NULL OR type = $2)
+        AND ($3::boolean IS NULL OR is_active = $3)
+        AND ($4::text IS NULL OR name ILIKE $4 OR slug ILIKE $4)";
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM products WHERE {WHERE}"
+    )))
+    .bind(user.tenant_id)
+    .bind(f.kind)
+    .bind(f.is_active)
+    .bind(&pattern)
+    .fetch_one(&state.db)
+    .await?;
+    let items: Vec<Product> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PRODUCT_COLUMNS} FROM products WHERE {WHERE} ORDER BY {order} LIMIT $5 OFFSET $6"
+    )))
+    .bind(user.tenant_id)
+    .bind(f.kind)
+    .bind(f.is_active)
+    .bind(&pattern)
+    .bind(query.window.limit())
+    .bind(query.window.offset())
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(query.window.wrap(items, total)))
+}
+
+async fn find_product(db: impl sqlx::PgExecutor<'_>, tenant: Uuid, id: Uuid) -> ApiResult<Product> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1 AND tenant_id = $2"
+    )))
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(db)
+    .await?
+    .ok_or(ApiError::NotFound("product"))
+}
+
+async fn product_detail(
+    State(state): State<AppState>,
+    user: Require<perm::CatalogRead>,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<Product>> {
+    find_product(&state.db, user.tenant_id, id).await.map(Json)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CreateProduct {
+    name: String,
+    slug: String,
+    #[serde(rename = "type")]
+    kind: ProductType,
+    description: Option<String>,
+    is_active: Option<bool>,
+}
+
+async fn create_product(
+    State(state): State<AppState>,
+    user: Require<perm::CatalogWrite>,
+    client: ClientMeta,
+    ApiJson(body): ApiJson<CreateProduct>,
+) -> ApiResult<(StatusCode, Json<Product>)> {
+    let name = check_text("name", &body.name, 100)?;
+    let slug = check_slug(&body.slug)?;
+    let description = body
+        .description
+        .as_deref()
+        .map(check_description)
+        .transpose()?;
+    let mut tx = state.db.begin().await?;
+    let product: Product = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO products (tenant_id, name, slug, type, description, is_active)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {PRODUCT_COLUMNS}"
+    )))
+    .bind(user.tenant_id)
+    .bind(&name)
+    .bind(slug.as_str())
+    .bind(body.kind)
+    .bind(&description)
+    .bind(body.is_active.unwrap_or(true))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| slug_conflict(e, "product", slug.as_str()))?;
+    audit_change(
+        &mut tx,
+        &user,
+        &client,
+        "product.create",
+        json!({ "productId": product.id, "slug": product.slug }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(product)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct UpdateProduct {
+    name: Option<String>,
+    slug: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<ProductType>,
+    #[serde(default, deserialize_with = "nullable")]
+    description: Option<Option<String>>,
+    is_active: Option<bool>,
+}
+
+async fn update_product(
+    State(state): State<AppState>,
+    user: Require<perm::CatalogWrite>,
+    client: ClientMeta,
+    IdPath(id): IdPath,
+    ApiJson(body): ApiJson<UpdateProduct>,
+) -> ApiResult<Json<Product>> {
+    let name = body
+        .name
+        .as_deref()
+        .map(|n| check_text("name", n, 100))
+        .transpose()?;
+    let slug = body.slug.as_deref().map(check_slug).transpose()?;
+    let description = match &body.description {
+        Some(Some(d)) => Some(Some(check_description(d)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    let mut tx = state.db.begin().await?;
+    find_product(&mut *tx, user.tenant_id, id).await?;
+    let product: Product = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE products SET name = COALESCE($3, name), slug = COALESCE($4, slug),
+                type = COALESCE($5, type),
+                description = CASE WHEN $6 THEN $7 ELSE description END,
+                is_active = COALESCE($8, is_active)
+          WHERE id = $1 AND tenant_id = $2 RETURNING {PRODUCT_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(user.tenant_id)
+    .bind(&name)
+    .bind(slug.as_ref().map(Slug::as_str))
+    .bind(body.kind)
+    .bind(description.is_some())
+    .bind(description.clone().flatten())
+    .bind(body.is_active)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| slug_conflict(e, "product", slug.as_ref().map_or("", Slug::as_str)))?;
+    audit_change(
+        &mut tx,
+        &user,
+        &client,
+        "product.update",
+        json!({ "productId": id, "changes": { "name": name, "slug": slug, "type": body.kind, "isActive": body.is_active } }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(product))
+}
+
+async fn deactivate_product(
+    State(state): State<AppState>,
+    user: Require<perm::CatalogWrite>,
+    client: ClientMeta,
+    IdPath(id): IdPath,
+) -> ApiResult<StatusCode> {
+    let mut tx = state.db.begin().await?;
+    find_product(&mut *tx, user.tenant_id, id).await?;
+    sqlx::query("UPDATE products SET is_active = false WHERE id = $1 AND tenant_id = $2")
+        .bind(id)
+        .bind(user.tenant_id)
+        .execute(&mut *tx)
+        .await?;
+    audit_change(
+        &mut tx,
+        &user,
+        &client,
+        "product.deactivate",
+        json!({ "productId": id }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ----- plans ------------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PlanFilter {
+    product_id: Option<Uuid>,
+    is_active: Option<bool>,
+    q: Option<String>,
+}
+
+async fn list_plans(
+    State(state): State<AppState>,
+    user: Require<perm::CatalogRead>,
+    query: ListQuery<PlanFilter>,
+) -> ApiResult<Json<Page<Plan>>> {
+    let order = query.sorting.order_by(
+        &[
+            ("name", "name"),
+            ("slug", "slug"),
+            ("priceMonthlyCents", "price_monthly_cents"),
+            ("createdAt", "created_at"),
+        ],
+        "created_at",
+    )?;
+    let f = &query.filter;
+    let pattern = f.q.as_deref().map(super::servers::like_pattern);
+    const WHERE: &str = "tenant_id = $1 AND ($2::uuid IS NULL OR product_id = $2)
+        AND ($3::boolean IS NULL OR is_active = $3)
+        AND ($4::text IS NULL OR name ILIKE $4 OR slug ILIKE $4)";
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM plans WHERE {WHERE}"
+    )))
+    .bind(user.tenant_id)
+    .bind(f.product_id)
+    .bind(f.is_active)
+    .bind(&pattern)
+    .fetch_one(&state.db)
+    .await?;
+    let items: Vec<Plan> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PLAN_COLUMNS} FROM plans WHERE {WHERE} ORDER BY {order} LIMIT $5 OFFSET $6"
+    )))
+    .bind(user.tenant_id)
+    .bind(f.product_id)
+    .bind(f.is_active)
+    .bind(&pattern)
+    .bind(query.window.limit())
+    .bind(query.window.offset())
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(query.window.wrap(items, total)))
+}
+
+async fn find_plan(db: impl sqlx::PgExecutor<'_>, tenant: Uuid, id: Uuid) -> ApiResult<Plan> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PLAN_COLUMNS} FROM plans WHERE id = $1 AND tenant_id = $2"
+    )))
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(db)
+    .await?
+    .ok_or(ApiError::NotFound("plan"))
+}
+
+async fn plan_detail(
+    State(state): State<AppState>,
+    user: Require<perm::CatalogRead>,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<Plan>> {
+    find_plan(&state.db, user.tenant_id, id).await.map(Json)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CreatePlan {
+    product_id: Uuid,
+    name: String,
+    slug: String,
+    price_monthly_cents: i64,
+    price_yearly_cents: i64,
+    currency: Option<String>,
+    billing_interval: Option<BillingInterval>,
+    is_popular: Option<bool>,
+    is_active: Option<bool>,
+    limits_json: Option<Value>,
+}
+
+async fn create_plan(
+    State(state): State<AppState>,
+    user: Require<perm::CatalogWrite>,
+    client: ClientMeta,
+    ApiJson(body): ApiJson<CreatePlan>,
+) -> ApiResult<(StatusCode, Json<Plan>)> {
+    let name = check_text("name", &body.name, 100)?;
+    let slug = check_slug(&body.slug)?;
+    let monthly = check_price("priceMonthlyCents", body.price_monthly_cents)?;
+    let yearly = check_price("priceYearlyCents", body.price_yearly_cents)?;
+    let currency = Currency::parse(body.currency.as_deref().unwrap_or("usd"))
+        .map_err(|e| ApiError::field("currency", e.to_string()))?;
+    let limits = body.limits_json.map(check_limits).transpose()?;
+    let mut tx = state.db.begin().await?;
+    find_product(&mut *tx, user.tenant_id, body.product_id)
+        .await
+        .map_err(|_| ApiError::Unprocessable {
+            message: "productId: no such product in this tenant".into(),
+            field: "productId".into(),
+        })?;
+    let plan: Plan = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO plans (tenant_id, product_id, name, slug, price_monthly_cents,
+                            price_yearly_cents, currency, billing_interval, is_popular, is_active, limits_json)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {PLAN_COLUMNS}"
+    )))
+    .bind(user.tenant_id)
+    .bind(body.product_id)
+    .bind(&name)
+    .bind(slug.as_str())
+    .bind(monthly)
+    .bind(yearly)
+    .bind(currency.as_str())
+    .bind(body.billing_interval.unwrap_or(BillingInterval::Monthly))
+    .bind(body.is_popular.unwrap_or(false))
+    .bind(body.is_active.unwrap_or(true))
+    .bind(&limits)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| slug_conflict(e, "plan", slug.as_str()))?;
+    audit_change(
+        &mut tx,
+        &user,
+        &client,
+        "plan.create",
+        json!({ "planId": plan.id, "slug": plan.slug }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(plan)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct UpdatePlan {
+    name: Option<String>,
+    slug: Option<String>,
+    price_monthly_cents: Option<i64>,
+    price_yearly_cents: Option<i64>,
+    currency: Option<String>,
+    billing_interval: Option<BillingInterval>,
+    is_popular: Option<bool>,
+    is_active: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    limits_json: Option<Option<Value>>,
+}
+
+async fn update_plan(
+    State(state): State<AppState>,
+    user: Require<perm::CatalogWrite>,
+    client: ClientMeta,
+    IdPath(id): IdPath,
+    ApiJson(body): ApiJson<UpdatePlan>,
+) -> ApiResult<Json<Plan>> {
+    let name = body
+        .name
+        .as_deref()
+        .map(|n| check_text("name", n, 100))
+        .transpose()?;
+    let slug = body.slug.as_deref().map(check_slug).transpose()?;
+    let monthly = body
+        .price_monthly_cents
+        .map(|c| check_price("priceMonthlyCents", c))
+        .transpose()?;
+    let yearly = body
+        .price_yearly_cents
+        .map(|c| check_price("priceYearlyCents", c))
+        .transpose()?;
+    let currency = body
+        .currency
+        .as_deref()
+        .map(|c| Currency::parse(c).map_err(|e| ApiError::field("currency", e.to_string())))
+        .transpose()?;
+    let limits = match body.limits_json {
+        Some(Some(v)) => Some(Some(check_limits(v)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    let mut tx = state.db.begin().await?;
+    find_plan(&mut *tx, user.tenant_id, id).await?;
+    let plan: Plan = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE plans SET name = COALESCE($3, name), slug = COALESCE($4, slug),
+                price_monthly_cents = COALESCE($5, price_monthly_cents),
+                price_yearly_cents = COALESCE($6, price_yearly_cents),
+                currency = COALESCE($7, currency), billing_interval = COALESCE($8, billing_interval),
+                is_popular = COALESCE($9, is_popular), is_active = COALESCE($10, is_active),
+                limits_json = CASE WHEN $11 THEN $12 ELSE limits_json END
+          WHERE id = $1 AND tenant_id = $2 RETURNING {PLAN_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(user.tenant_id)
+    .bind(&name)
+    .bind(slug.as_ref().map(Slug::as_str))
+    .bind(monthly)
+    .bind(yearly)
+    .bind(currency.as_ref().map(Currency::as_str))
+    .bind(body.billing_interval)
+    .bind(body.is_popular)
+    .bind(body.is_active)
+    .bind(limits.is_some())
+    .bind(limits.clone().flatten())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| slug_conflict(e, "plan", slug.as_ref().map_or("", Slug::as_str)))?;
+    audit_change(
+        &mut tx,
+        &user,
+        &client,
+        "plan.update",
+        json!({ "planId": id, "changes": { "name": name, "slug": slug, "priceMonthlyCents": monthly,
+                 "priceYearlyCents": yearly, "isActive": body.is_active, "limitsJson": limits } }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(plan))
+}
+
+async fn deactivate_plan(
+    State(state): State<AppState>,
+    user: Require<perm::CatalogWrite>,
+    client: ClientMeta,
+    IdPath(id): IdPath,
+) -> ApiResult<StatusCode> {
+    let mut tx = state.db.begin().await?;
+    find_plan(&mut *tx, user.tenant_id, id).await?;
+    sqlx::query("UPDATE plans SET is_active = false WHERE id = $1 AND tenant_id = $2")
+        .bind(id)
+        .bind(user.tenant_id)
+        .execute(&mut *tx)
+        .await?;
+    audit_change(
+        &mut tx,
+        &user,
+        &client,
+        "plan.deactivate",
+        json!({ "planId": id }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,107 @@
+//! `/api/customers`: the buyers, found or created by paid orders.
+
+use axum::{Json, Router, extract::State, routing::get};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    auth::permissions::{Require, perm},
+    http::{
+        error::{ApiError, ApiResult},
+        extract::IdPath,
+        list::{ListQuery, Page},
+    },
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(list))
+        .route("/{id}", get(detail))
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct Customer {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub email: String,
+    pub full_name: Option<String>,
+    pub phone: Option<String>,
+    pub stripe_customer_id: Option<String>,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Counts, for the list view.
+    pub order_count: i64,
+    pub active_subscriptions: i64,
+}
+
+const SELECT: &str =
+    "SELECT c.id, c.tenant_id, c.email, c.full_name, c.phone, c.stripe_customer_id,
+        c.is_active, c.created_at, c.updated_at,
+        (SELECT count(*) FROM orders o WHERE o.customer_id = c.id) AS order_count,
+        (SELECT count(*) FROM subscriptions s WHERE s.customer_id = c.id AND s.status = 'ACTIVE')
+            AS active_subscriptions
+   FROM customers c";
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Filter {
+    is_active: Option<bool>,
+    /// Part of the e-mail or name.
+    q: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    user: Require<perm::CustomersRead>,
+    query: ListQuery<Filter>,
+) -> ApiResult<Json<Page<Customer>>> {
+    let order = query
+        .sorting
+        .order_by(
+            &[("createdAt", "c.created_at"), ("email", "c.email")],
+            "c.created_at",
+        )?
+        .replace(", id ", ", c.id ");
+    let pattern = query.filter.q.as_deref().map(super::servers::like_pattern);
+    const WHERE: &str = "c.tenant_id = $1 AND ($2::boolean IS NULL OR c.is_active = $2)
+        AND ($3::text IS NULL OR c.email ILIKE $3 OR c.full_name ILIKE $3)";
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM customers c WHERE {WHERE}"
+    )))
+    .bind(user.tenant_id)
+    .bind(query.filter.is_active)
+    .bind(&pattern)
+    .fetch_one(&state.db)
+    .await?;
+    let items: Vec<Customer> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT} WHERE {WHERE} ORDER BY {order} LIMIT $4 OFFSET $5"
+    )))
+    .bind(user.tenant_id)
+    .bind(query.filter.is_active)
+    .bind(&pattern)
+    .bind(query.window.limit())
+    .bind(query.window.offset())
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(query.window.wrap(items, total)))
+}
+
+async fn detail(
+    State(state): State<AppState>,
+    user: Require<perm::CustomersRead>,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<Customer>> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT} WHERE c.id = $1 AND c.tenant_id = $2"
+    )))
+    .bind(id)
+    .bind(user.tenant_id)
+    .fetch_optional(&state.db)
+    .await?
+    .map(Json)
+    .ok_or(ApiError::NotFound("customer"))
+}

@@ -1,0 +1,208 @@
+//! `/api/jobs`: provisioning jobs with their logs, and a retry for failed ones.
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    audit::{self, Entry},
+    auth::permissions::{Require, perm},
+    http::{
+        client::ClientMeta,
+        error::{ApiError, ApiResult},
+        extract::IdPath,
+        list::{ListQuery, Page},
+    },
+    jobs::{self, store},
+    model::{JobStatus, JobType},
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(list))
+        .route("/{id}", get(detail))
+        .route("/{id}/retry", post(retry))
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub order_id: Option<Uuid>,
+    #[serde(rename = "type")]
+    #[sqlx(rename = "type")]
+    pub kind: JobType,
+    pub payload: Value,
+    pub status: JobStatus,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub last_error: Option<String>,
+    pub run_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub server_id: Option<Uuid>,
+    pub result: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, tenant_id, order_id, type, payload, status, attempts, max_attempts, \
+     last_error, run_at, started_at, finished_at, server_id, result, created_at, updated_at";
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct JobLog {
+    pub id: Uuid,
+    pub from_status: Option<JobStatus>,
+    pub to_status: JobStatus,
+    pub message: String,
+    pub details: Option<Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Filter {
+    status: Option<JobStatus>,
+    #[serde(rename = "type")]
+    kind: Option<JobType>,
+    order_id: Option<Uuid>,
+    server_id: Option<Uuid>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    user: Require<perm::JobsRead>,
+    query: ListQuery<Filter>,
+) -> ApiResult<Json<Page<Job>>> {
+    let order = query.sorting.order_by(
+        &[
+            ("createdAt", "created_at"),
+            ("updatedAt", "updated_at"),
+            ("status", "status"),
+            ("type", "type"),
+        ],
+        "created_at",
+    )?;
+    let f = &query.filter;
+    const WHERE: &str = "tenant_id = $1 AND ($2::job_status IS NULL OR status = $2)
+        AND ($3::job_type IS NULL OR type = $3) AND ($4::uuid IS NULL OR order_id = $4)
+        AND ($5::uuid IS NULL OR server_id = $5)";
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM jobs WHERE {WHERE}"
+    )))
+    .bind(user.tenant_id)
+    .bind(f.status)
+    .bind(f.kind)
+    .bind(f.order_id)
+    .bind(f.server_id)
+    .fetch_one(&state.db)
+    .await?;
+    let items: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM jobs WHERE {WHERE} ORDER BY {order} LIMIT $6 OFFSET $7"
+    )))
+    .bind(user.tenant_id)
+    .bind(f.status)
+    .bind(f.kind)
+    .bind(f.order_id)
+    .bind(f.server_id)
+    .bind(query.window.limit())
+    .bind(query.window.offset())
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(query.window.wrap(items, total)))
+}
+
+async fn find(db: impl sqlx::PgExecutor<'_>, tenant: Uuid, id: Uuid) -> ApiResult<Job> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM jobs WHERE id = $1 AND tenant_id = $2"
+    )))
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(db)
+    .await?
+    .ok_or(ApiError::NotFound("job"))
+}
+
+#[derive(Serialize)]
+struct JobDetail {
+    #[serde(flatten)]
+    job: Job,
+    logs: Vec<JobLog>,
+}
+
+async fn detail(
+    State(state): State<AppState>,
+    user: Require<perm::JobsRead>,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<JobDetail>> {
+    let job = find(&state.db, user.tenant_id, id).await?;
+    let logs: Vec<JobLog> = sqlx::query_as(
+        "SELECT id, from_status, to_status, message, details, created_at
+           FROM job_logs WHERE job_id = $1 ORDER BY created_at, id",
+    )
+    .bind(id)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(JobDetail { job, logs }))
+}
+
+/// A FAILED job gets a fresh set of attempts, now.
+async fn retry(
+    State(state): State<AppState>,
+    user: Require<perm::JobsRetry>,
+    client: ClientMeta,
+    IdPath(id): IdPath,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let mut tx = state.db.begin().await?;
+    let job = find(&mut *tx, user.tenant_id, id).await?;
+    if job.status != JobStatus::Failed {
+        return Err(ApiError::Conflict(format!(
+            "only FAILED jobs can be retried; this one is {:?}",
+            job.status
+        )));
+    }
+    sqlx::query(
+        "UPDATE jobs SET status = 'PENDING', attempts = 0, run_at = now(), enqueued_at = NULL,
+                finished_at = NULL WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    store::log(
+        &mut tx,
+        id,
+        user.tenant_id,
+        Some(JobStatus::Failed),
+        JobStatus::Pending,
+        "retried by an operator",
+        Some(json!({ "userId": user.id })),
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        Entry {
+            tenant_id: user.tenant_id,
+            user_id: Some(user.id),
+            action: "job.retry",
+            client: Some(&client),
+            details: json!({ "jobId": id, "type": job.kind, "lastError": job.last_error }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    jobs::enqueue_after_commit(&state, &[id]).await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "jobId": id, "status": "PENDING" })),
+    ))
+}

@@ -1,0 +1,322 @@
+//! `/api/orders`: paid orders from the marketing backend (spec §6.3, internal key), and the
+//! operators' view of them (list, detail, status changes).
+
+use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use chrono::{DateTime, Utc};
+use mpanel_protocol::{Currency, DomainName};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::users::check_email;
+use crate::{
+    app::AppState,
+    audit::{self, Entry},
+    auth::permissions::{Require, perm},
+    http::{
+        client::ClientMeta,
+        error::{ApiError, ApiResult},
+        extract::{ApiJson, IdPath},
+        internal::InternalCaller,
+        list::{ListQuery, Page},
+    },
+    model::OrderStatus,
+    orders::{PaidOrder, PlacedOrder, place_paid_order},
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(list).post(create))
+        .route("/{id}", get(detail).patch(change_status))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct NewCustomer {
+    email: String,
+    full_name: Option<String>,
+    phone: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Metadata {
+    domain: Option<String>,
+    notes: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CreateOrder {
+    tenant_slug: String,
+    customer: NewCustomer,
+    plan_slug: String,
+    total_amount_cents: i64,
+    currency: String,
+    stripe_payment_intent_id: Option<String>,
+    external_order_id: Option<String>,
+    #[serde(default)]
+    metadata: Metadata,
+}
+
+fn optional_text(field: &str, value: Option<String>, max: usize) -> ApiResult<Option<String>> {
+    match value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
+        Some(v) if v.chars().count() > max || v.chars().any(|c| c.is_control() && c != '\n') => {
+            Err(ApiError::field(
+                field,
+                format!("at most {max} characters, no control characters"),
+            ))
+        }
+        other => Ok(other),
+    }
+}
+
+/// Payment references are opaque ids from Stripe or the marketing site.
+fn reference(field: &str, value: Option<String>) -> ApiResult<Option<String>> {
+    match value {
+        Some(v)
+            if v.is_empty()
+                || v.len() > 255
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b)) =>
+        {
+            Err(ApiError::field(
+                field,
+                "1-255 letters, digits, '_', '-', '.' or ':'",
+            ))
+        }
+        other => Ok(other),
+    }
+}
+
+pub fn amount(field: &str, cents: i64) -> ApiResult<i32> {
+    i32::try_from(cents)
+        .ok()
+        .filter(|c| *c >= 0)
+        .ok_or_else(|| ApiError::field(field, "must be a whole number of cents, 0 or more"))
+}
+
+/// `POST /api/orders`: 201 with the new order, or 200 with the order this payment already
+/// created.
+async fn create(
+    State(state): State<AppState>,
+    _caller: InternalCaller,
+    client: ClientMeta,
+    ApiJson(body): ApiJson<CreateOrder>,
+) -> ApiResult<(StatusCode, Json<PlacedOrder>)> {
+    let order = PaidOrder {
+        customer_email: check_email("customer.email", &body.customer.email)?,
+        customer_name: optional_text("customer.fullName", body.customer.full_name, 200)?,
+        customer_phone: optional_text("customer.phone", body.customer.phone, 40)?,
+        total_amount_cents: amount("totalAmountCents", body.total_amount_cents)?,
+        currency: Currency::parse(&body.currency)
+            .map_err(|e| ApiError::field("currency", e.to_string()))?,
+        stripe_payment_intent_id: reference(
+            "stripePaymentIntentId",
+            body.stripe_payment_intent_id,
+        )?,
+        external_order_id: reference("externalOrderId", body.external_order_id)?,
+        domain: body
+            .metadata
+            .domain
+            .as_deref()
+            .map(DomainName::parse)
+            .transpose()
+            .map_err(|e| ApiError::field("metadata.domain", e.to_string()))?,
+        notes: optional_text("metadata.notes", body.metadata.notes, 2000)?,
+        tenant_slug: body.tenant_slug,
+        plan_slug: body.plan_slug,
+        source: "marketing",
+    };
+    let placed = place_paid_order(&state, order, Some(&client)).await?;
+    let status = if placed.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(placed)))
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub customer_id: Uuid,
+    pub plan_id: Uuid,
+    pub status: OrderStatus,
+    pub total_amount_cents: i32,
+    pub currency: String,
+    pub stripe_payment_intent_id: Option<String>,
+    pub external_order_id: Option<String>,
+    pub notes: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, tenant_id, customer_id, plan_id, status, total_amount_cents, currency, \
+     stripe_payment_intent_id, external_order_id, notes, created_at, updated_at";
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Filter {
+    status: Option<OrderStatus>,
+    customer_id: Option<Uuid>,
+    plan_id: Option<Uuid>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    user: Require<perm::OrdersRead>,
+    query: ListQuery<Filter>,
+) -> ApiResult<Json<Page<Order>>> {
+    let order = query.sorting.order_by(
+        &[
+            ("createdAt", "created_at"),
+            ("totalAmountCents", "total_amount_cents"),
+            ("status", "status"),
+        ],
+        "created_at",
+    )?;
+    let f = &query.filter;
+    const WHERE: &str = "tenant_id = $1 AND ($2::order_status IS NULL OR status = $2)
+        AND ($3::uuid IS NULL OR customer_id = $3) AND ($4::uuid IS NULL OR plan_id = $4)";
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM orders WHERE {WHERE}"
+    )))
+    .bind(user.tenant_id)
+    .bind(f.status)
+    .bind(f.customer_id)
+    .bind(f.plan_id)
+    .fetch_one(&state.db)
+    .await?;
+    let items: Vec<Order> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM orders WHERE {WHERE} ORDER BY {order} LIMIT $5 OFFSET $6"
+    )))
+    .bind(user.tenant_id)
+    .bind(f.status)
+    .bind(f.customer_id)
+    .bind(f.plan_id)
+    .bind(query.window.limit())
+    .bind(query.window.offset())
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(query.window.wrap(items, total)))
+}
+
+async fn find(db: impl sqlx::PgExecutor<'_>, tenant: Uuid, id: Uuid) -> ApiResult<Order> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM orders WHERE id = $1 AND tenant_id = $2"
+    )))
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(db)
+    .await?
+    .ok_or(ApiError::NotFound("order"))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderDetail {
+    #[serde(flatten)]
+    order: Order,
+    subscription: Option<Value>,
+    jobs: Vec<Value>,
+}
+
+async fn detail(
+    State(state): State<AppState>,
+    user: Require<perm::OrdersRead>,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<OrderDetail>> {
+    let order = find(&state.db, user.tenant_id, id).await?;
+    let subscription: Option<Value> = sqlx::query_scalar(
+        "SELECT json_build_object('id', id, 'status', status, 'currentPeriodEnd', current_period_end,
+                                  'cancelAtPeriodEnd', cancel_at_period_end, 'domainId', domain_id)
+           FROM subscriptions WHERE order_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&state.db)
+    .await?;
+    let jobs: Vec<Value> = sqlx::query_scalar(
+        "SELECT json_build_object('id', id, 'type', type, 'status', status, 'attempts', attempts,
+                                  'lastError', last_error)
+           FROM jobs WHERE order_id = $1 ORDER BY created_at, id",
+    )
+    .bind(id)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(OrderDetail {
+        order,
+        subscription,
+        jobs,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ChangeStatus {
+    status: OrderStatus,
+    reason: Option<String>,
+}
+
+/// Operators cancel or refund an order; its subscription ends with it. Provisioned
+/// resources stay until an operator suspends or terminates them (a refund is not always a
+/// reason to delete a customer's site on the spot).
+async fn change_status(
+    State(state): State<AppState>,
+    user: Require<perm::OrdersWrite>,
+    client: ClientMeta,
+    IdPath(id): IdPath,
+    ApiJson(body): ApiJson<ChangeStatus>,
+) -> ApiResult<Json<Order>> {
+    let reason = optional_text("reason", body.reason, 500)?;
+    let mut tx = state.db.begin().await?;
+    let current = find(&mut *tx, user.tenant_id, id).await?;
+    use OrderStatus::*;
+    let allowed = matches!(
+        (current.status, body.status),
+        (Pending | Paid, Cancelled) | (Paid | Cancelled, Refunded)
+    );
+    if current.status == body.status {
+        return Ok(Json(current));
+    }
+    if !allowed {
+        return Err(ApiError::Conflict(format!(
+            "an order that is {:?} cannot become {:?} (allowed: PENDING/PAID → CANCELLED, PAID/CANCELLED → REFUNDED)",
+            current.status, body.status
+        )));
+    }
+    let order: Order = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE orders SET status = $3 WHERE id = $1 AND tenant_id = $2 RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(user.tenant_id)
+    .bind(body.status)
+    .fetch_one(&mut *tx)
+    .await?;
+    let ended: Option<Uuid> = sqlx::query_scalar(
+        "UPDATE subscriptions SET status = 'CANCELLED', cancelled_at = now()
+          WHERE order_id = $1 AND status <> 'CANCELLED' RETURNING id",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        Entry {
+            tenant_id: user.tenant_id,
+            user_id: Some(user.id),
+            action: "order.status",
+            client: Some(&client),
+            details: json!({
+                "orderId": id, "from": current.status, "to": body.status,
+                "reason": reason, "subscriptionCancelled": ended,
+            }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(order))
+}

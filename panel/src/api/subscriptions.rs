@@ -1,0 +1,177 @@
+//! `/api/subscriptions`: customers' plans over time; cancel now or at the period's end.
+
+use axum::{
+    Json, Router,
+    extract::State,
+    routing::{get, post},
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    audit::{self, Entry},
+    auth::permissions::{Require, perm},
+    http::{
+        client::ClientMeta,
+        error::{ApiError, ApiResult},
+        extract::{IdPath, parse_json},
+        list::{ListQuery, Page},
+    },
+    model::SubscriptionStatus,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(list))
+        .route("/{id}", get(detail))
+        .route("/{id}/cancel", post(cancel))
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscription {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub customer_id: Uuid,
+    pub plan_id: Uuid,
+    pub order_id: Option<Uuid>,
+    pub domain_id: Option<Uuid>,
+    pub status: SubscriptionStatus,
+    pub started_at: DateTime<Utc>,
+    pub current_period_start: DateTime<Utc>,
+    pub current_period_end: DateTime<Utc>,
+    pub cancel_at_period_end: bool,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, tenant_id, customer_id, plan_id, order_id, domain_id, status, started_at, \
+     current_period_start, current_period_end, cancel_at_period_end, cancelled_at, created_at, updated_at";
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Filter {
+    status: Option<SubscriptionStatus>,
+    customer_id: Option<Uuid>,
+    plan_id: Option<Uuid>,
+    domain_id: Option<Uuid>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    user: Require<perm::SubscriptionsRead>,
+    query: ListQuery<Filter>,
+) -> ApiResult<Json<Page<Subscription>>> {
+    let order = query.sorting.order_by(
+        &[
+            ("createdAt", "created_at"),
+            ("currentPeriodEnd", "current_period_end"),
+            ("status", "status"),
+        ],
+        "created_at",
+    )?;
+    let f = &query.filter;
+    const WHERE: &str = "tenant_id = $1 AND ($2::subscription_status IS NULL OR status = $2)
+        AND ($3::uuid IS NULL OR customer_id = $3) AND ($4::uuid IS NULL OR plan_id = $4)
+        AND ($5::uuid IS NULL OR domain_id = $5)";
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM subscriptions WHERE {WHERE}"
+    )))
+    .bind(user.tenant_id)
+    .bind(f.status)
+    .bind(f.customer_id)
+    .bind(f.plan_id)
+    .bind(f.domain_id)
+    .fetch_one(&state.db)
+    .await?;
+    let items: Vec<Subscription> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM subscriptions WHERE {WHERE} ORDER BY {order} LIMIT $6 OFFSET $7"
+    )))
+    .bind(user.tenant_id)
+    .bind(f.status)
+    .bind(f.customer_id)
+    .bind(f.plan_id)
+    .bind(f.domain_id)
+    .bind(query.window.limit())
+    .bind(query.window.offset())
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(query.window.wrap(items, total)))
+}
+
+async fn find(db: impl sqlx::PgExecutor<'_>, tenant: Uuid, id: Uuid) -> ApiResult<Subscription> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM subscriptions WHERE id = $1 AND tenant_id = $2"
+    )))
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(db)
+    .await?
+    .ok_or(ApiError::NotFound("subscription"))
+}
+
+async fn detail(
+    State(state): State<AppState>,
+    user: Require<perm::SubscriptionsRead>,
+    IdPath(id): IdPath,
+) -> ApiResult<Json<Subscription>> {
+    find(&state.db, user.tenant_id, id).await.map(Json)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Cancel {
+    /// Keep it running until `currentPeriodEnd` (default: cancel now).
+    #[serde(default)]
+    at_period_end: bool,
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    user: Require<perm::SubscriptionsWrite>,
+    client: ClientMeta,
+    IdPath(id): IdPath,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Subscription>> {
+    // The body is optional: none means "cancel now".
+    let at_period_end = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        parse_json::<Cancel>(&body)?.at_period_end
+    };
+    let mut tx = state.db.begin().await?;
+    let current = find(&mut *tx, user.tenant_id, id).await?;
+    if current.status == SubscriptionStatus::Cancelled {
+        return Err(ApiError::Conflict(
+            "this subscription is already cancelled".into(),
+        ));
+    }
+    let sql = if at_period_end {
+        "UPDATE subscriptions SET cancel_at_period_end = true WHERE id = $1 AND tenant_id = $2"
+    } else {
+        "UPDATE subscriptions SET status = 'CANCELLED', cancelled_at = now() WHERE id = $1 AND tenant_id = $2"
+    };
+    sqlx::query(sql)
+        .bind(id)
+        .bind(user.tenant_id)
+        .execute(&mut *tx)
+        .await?;
+    let updated = find(&mut *tx, user.tenant_id, id).await?;
+    audit::record(
+        &mut tx,
+        Entry {
+            tenant_id: user.tenant_id,
+            user_id: Some(user.id),
+            action: "subscription.cancel",
+            client: Some(&client),
+            details: json!({ "subscriptionId": id, "atPeriodEnd": at_period_end, "periodEnd": updated.current_period_end }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(updated))
+}

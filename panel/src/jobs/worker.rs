@@ -1,0 +1,226 @@
+//! A worker: takes job ids from the stream, claims each job in PostgreSQL, runs it through
+//! the dispatcher while renewing its lease, records the outcome, acknowledges the message.
+//! Runs inside `mpanel serve` and alone as `mpanel worker`; any number may run at once.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+use super::{
+    dispatcher::{DispatchError, Dispatcher, JobToRun},
+    queue::{self, Delivery},
+    store::{self, Failure},
+    sweeper,
+};
+use crate::app::AppState;
+
+/// How long one read waits on the stream before looking around again.
+const READ_BLOCK: Duration = Duration::from_secs(2);
+
+pub struct Worker {
+    state: AppState,
+    dispatcher: Arc<dyn Dispatcher>,
+    /// Unique per process: the consumer name in Redis and the lock holder in PostgreSQL.
+    id: String,
+}
+
+impl Worker {
+    pub fn new(state: AppState, dispatcher: Arc<dyn Dispatcher>) -> Worker {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+        let id = format!(
+            "{host}-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        Worker {
+            state,
+            dispatcher,
+            id,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Runs until `shutdown`; then waits (up to the shutdown timeout) for running jobs.
+    /// Jobs still running after that keep their lease and are taken over once it expires.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let cfg = self.state.config.jobs.clone();
+        let tracker = TaskTracker::new();
+        tracker.spawn(sweeper::run(self.state.clone(), shutdown.clone()));
+        let permits = Arc::new(Semaphore::new(cfg.concurrency));
+        let this = Arc::new(self);
+        tracing::info!(worker = %this.id, concurrency = cfg.concurrency, "worker started");
+        let mut group_ready = false;
+
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+                _ = shutdown.cancelled() => break,
+            };
+            if !group_ready {
+                match queue::ensure_group(&this.state.redis).await {
+                    Ok(()) => group_ready = true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "job queue unavailable (Redis); retrying");
+                        if pause(&shutdown, Duration::from_secs(1)).await {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let next = tokio::select! {
+                n = queue::next(&this.state.redis, &this.id, cfg.lease, READ_BLOCK) => n,
+                _ = shutdown.cancelled() => break,
+            };
+            match next {
+                Ok(Some(delivery)) => {
+                    let worker = this.clone();
+                    tracker.spawn(async move {
+                        worker.handle(delivery).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => drop(permit),
+                Err(e) => {
+                    drop(permit);
+                    // NOGROUP: Redis restarted without its data; recreate the group.
+                    group_ready = e.code() != Some("NOGROUP");
+                    tracing::warn!(error = %e, "reading the job queue failed; retrying");
+                    if pause(&shutdown, Duration::from_secs(1)).await {
+                        break;
+                    }
+                }
+            }
+        }
+
+        tracing::info!(worker = %this.id, "worker stopping: waiting for running jobs");
+        tracker.close();
+        if tokio::time::timeout(this.state.config.shutdown_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "jobs still running at shutdown; their leases will expire and others take over"
+            );
+        }
+    }
+
+    async fn handle(&self, delivery: Delivery) {
+        if let Some(job_id) = delivery.job_id {
+            let span = tracing::info_span!("job", job_id = %job_id, worker = %self.id);
+            if let Err(e) = self
+                .run_job(job_id, &delivery.message_id)
+                .instrument(span)
+                .await
+            {
+                // Not acknowledged: the message is reclaimed after the lease, and the
+                // sweeper recovers the row either way.
+                tracing::error!(job_id = %job_id, error = format!("{e:#}"), "job bookkeeping failed");
+                return;
+            }
+        }
+        if let Err(e) = queue::ack(&self.state.redis, &delivery.message_id).await {
+            tracing::warn!(error = %e, "could not acknowledge a job message; it may be seen again");
+        }
+    }
+
+    async fn run_job(&self, job_id: uuid::Uuid, message_id: &str) -> anyhow::Result<()> {
+        let cfg = &self.state.config.jobs;
+        let db = &self.state.db;
+        let Some(job) = store::claim(db, job_id, &self.id, cfg.lease).await? else {
+            tracing::debug!("not ours to run (done, not due, or held by a live worker)");
+            return Ok(());
+        };
+        if job.attempts > job.max_attempts {
+            // Its workers kept dying mid-job: stop feeding it to new ones.
+            store::fail(
+                db,
+                &job,
+                &self.id,
+                "gave up: workers were lost while running this job",
+                None,
+            )
+            .await?;
+            return Ok(());
+        }
+        tracing::info!(kind = ?job.kind, attempt = job.attempts, "job started");
+
+        let keeper = self.keep_lease(job.id, message_id.to_owned());
+        let to_run = JobToRun {
+            id: job.id,
+            tenant_id: job.tenant_id,
+            kind: job.kind,
+            payload: job.payload.clone(),
+            attempt: job.attempts,
+        };
+        let outcome = self.dispatcher.dispatch(&to_run).await;
+        keeper.cancel();
+
+        match outcome {
+            Ok(result) => {
+                if store::succeed(db, &job, &self.id, result).await? {
+                    tracing::info!(kind = ?job.kind, "job succeeded");
+                } else {
+                    tracing::warn!("job finished after its lease was lost; result discarded");
+                }
+            }
+            Err(err) => {
+                let retry_in = match &err {
+                    DispatchError::Retryable(_) => {
+                        Some(store::backoff(cfg.retry_base, cfg.retry_max, job.attempts))
+                    }
+                    DispatchError::Permanent(_) => None,
+                };
+                match store::fail(db, &job, &self.id, &err.to_string(), retry_in).await? {
+                    Some(Failure::Retrying(d)) => {
+                        tracing::warn!(error = %err, retry_in_secs = d.as_secs_f64(), "job attempt failed")
+                    }
+                    Some(Failure::Failed) => tracing::error!(error = %err, "job failed"),
+                    None => tracing::warn!("job failed after its lease was lost"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Renews the job's lease in PostgreSQL and its message's idle time in Redis at a third
+    /// of the lease, until cancelled.
+    fn keep_lease(&self, job_id: uuid::Uuid, message_id: String) -> CancellationToken {
+        let stop = CancellationToken::new();
+        let (state, worker, guard) = (self.state.clone(), self.id.clone(), stop.clone());
+        let lease = state.config.jobs.lease;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(lease / 3);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = guard.cancelled() => return,
+                }
+                match store::extend_lease(&state.db, job_id, &worker, lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(%job_id, "lease lost to another worker");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(%job_id, error = %e, "could not renew lease"),
+                }
+                let _ = queue::touch(&state.redis, &worker, &message_id).await;
+            }
+        });
+        stop
+    }
+}
+
+/// Sleeps unless shut down first; true when shutting down.
+pub(crate) async fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = shutdown.cancelled() => true,
+    }
+}
