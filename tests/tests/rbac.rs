@@ -24,6 +24,11 @@ const SUPER_ADMIN_ONLY: &[&str] = &["SUPER_ADMIN"];
 const READERS: &[&str] = &["SUPER_ADMIN", "ADMIN", "SUPPORT", "READ_ONLY"];
 const WRITERS: &[&str] = &["SUPER_ADMIN", "ADMIN"];
 const EVERY_ROLE: &[&str] = &["SUPER_ADMIN", "ADMIN", "SUPPORT", "BILLING", "READ_ONLY"];
+/// Orders, subscriptions and customers: BILLING's business, readable by every operator.
+const BILLING_READERS: &[&str] = EVERY_ROLE;
+const BILLING_WRITERS: &[&str] = &["SUPER_ADMIN", "ADMIN", "BILLING"];
+/// Limited operational writes SUPPORT may make (never a delete or a termination).
+const SUPPORT_WRITERS: &[&str] = &["SUPER_ADMIN", "ADMIN", "SUPPORT"];
 
 /// What a request sends; fresh names every time so allowed calls really succeed.
 #[derive(Clone, Copy, Debug)]
@@ -35,6 +40,12 @@ enum Body {
     ServerPatch,
     NewTenant,
     TenantPatch,
+    NewProduct,
+    ProductPatch,
+    NewPlan,
+    PlanPatch,
+    CancelOrder,
+    CancelNow,
 }
 
 /// One route of the matrix. `{user}`, `{server}` and `{tenant}` in the path are replaced by a
@@ -113,6 +124,94 @@ const MATRIX: &[Route] = &[
     ),
     route("DELETE", "/api/servers/{server}", Body::None, 204, WRITERS),
     route("GET", "/api/audit", Body::None, 200, READERS),
+    route(
+        "POST",
+        "/api/servers/{server}/enrollment-token",
+        Body::None,
+        201,
+        WRITERS,
+    ),
+    route("GET", "/api/products", Body::None, 200, EVERY_ROLE),
+    route("POST", "/api/products", Body::NewProduct, 201, WRITERS),
+    route(
+        "GET",
+        "/api/products/{product}",
+        Body::None,
+        200,
+        EVERY_ROLE,
+    ),
+    route(
+        "PATCH",
+        "/api/products/{product}",
+        Body::ProductPatch,
+        200,
+        WRITERS,
+    ),
+    route(
+        "DELETE",
+        "/api/products/{product}",
+        Body::None,
+        204,
+        WRITERS,
+    ),
+    route("GET", "/api/plans", Body::None, 200, EVERY_ROLE),
+    route("POST", "/api/plans", Body::NewPlan, 201, WRITERS),
+    route("GET", "/api/plans/{plan}", Body::None, 200, EVERY_ROLE),
+    route("PATCH", "/api/plans/{plan}", Body::PlanPatch, 200, WRITERS),
+    route("DELETE", "/api/plans/{plan}", Body::None, 204, WRITERS),
+    route("GET", "/api/orders", Body::None, 200, BILLING_READERS),
+    route(
+        "GET",
+        "/api/orders/{order}",
+        Body::None,
+        200,
+        BILLING_READERS,
+    ),
+    route(
+        "PATCH",
+        "/api/orders/{order}",
+        Body::CancelOrder,
+        200,
+        BILLING_WRITERS,
+    ),
+    route(
+        "GET",
+        "/api/subscriptions",
+        Body::None,
+        200,
+        BILLING_READERS,
+    ),
+    route(
+        "GET",
+        "/api/subscriptions/{subscription}",
+        Body::None,
+        200,
+        BILLING_READERS,
+    ),
+    route(
+        "POST",
+        "/api/subscriptions/{subscription}/cancel",
+        Body::CancelNow,
+        200,
+        BILLING_WRITERS,
+    ),
+    route("GET", "/api/customers", Body::None, 200, BILLING_READERS),
+    route(
+        "GET",
+        "/api/customers/{customer}",
+        Body::None,
+        200,
+        BILLING_READERS,
+    ),
+    route("GET", "/api/jobs", Body::None, 200, READERS),
+    route("GET", "/api/jobs/{job}", Body::None, 200, READERS),
+    route(
+        "POST",
+        "/api/jobs/{job}/retry",
+        Body::None,
+        202,
+        SUPPORT_WRITERS,
+    ),
 ];
 
 fn method(name: &str) -> Method {
@@ -121,28 +220,117 @@ fn method(name: &str) -> Method {
 
 /// The row a path needs, made by the SUPER_ADMIN: (path, GET path of the row).
 async fn prepare(app: &TestApp, root: &str, path: &str) -> (String, Option<String>) {
-    let (placeholder, collection) = if path.contains("{user}") {
-        ("{user}", "/api/users")
-    } else if path.contains("{server}") {
-        ("{server}", "/api/servers")
-    } else if path.contains("{tenant}") {
-        ("{tenant}", "/api/tenants")
-    } else {
+    const PLACEHOLDERS: [(&str, &str); 9] = [
+        ("{user}", "/api/users"),
+        ("{server}", "/api/servers"),
+        ("{tenant}", "/api/tenants"),
+        ("{product}", "/api/products"),
+        ("{plan}", "/api/plans"),
+        ("{order}", "/api/orders"),
+        ("{subscription}", "/api/subscriptions"),
+        ("{customer}", "/api/customers"),
+        ("{job}", "/api/jobs"),
+    ];
+    let Some((placeholder, collection)) = PLACEHOLDERS.into_iter().find(|(p, _)| path.contains(p))
+    else {
         return (path.to_owned(), None);
     };
-    let row = match placeholder {
+    let id = match placeholder {
         "{user}" => {
             let email = format!("{}@home.example.com", unique("target"));
-            create_user(app, root, &email, "SUPPORT").await
+            id_of(&create_user(app, root, &email, "SUPPORT").await)
         }
-        "{server}" => create_server(app, root, &unique("target")).await,
-        _ => create_tenant(app, root, &unique("target")).await,
+        "{server}" => id_of(&create_server(app, root, &unique("target")).await),
+        "{tenant}" => id_of(&create_tenant(app, root, &unique("target")).await),
+        "{product}" => id_of(&create_product(app, root).await),
+        "{plan}" => id_of(&create_plan(app, root).await),
+        "{order}" => id_of_key(&place_order(app, root).await, "orderId"),
+        "{subscription}" => id_of_key(&place_order(app, root).await, "subscriptionId"),
+        "{customer}" => {
+            let order = id_of_key(&place_order(app, root).await, "orderId");
+            let detail = authed(app, root)
+                .get(&format!("/api/orders/{order}"))
+                .await
+                .expect(200);
+            id_of_key(&detail, "customerId")
+        }
+        _ => {
+            // A job that has failed, so that a retry is possible.
+            let placed = place_order(app, root).await;
+            let job = placed["jobs"][0]["id"]
+                .as_str()
+                .expect("the order has jobs")
+                .to_owned();
+            let pool = app.db.pool().await;
+            sqlx::query(
+                "UPDATE jobs SET status = 'FAILED', last_error = 'test' WHERE id = $1::uuid",
+            )
+            .bind(&job)
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+            job
+        }
     };
-    let id = row["id"].as_str().expect("created row has an id");
     (
-        path.replace(placeholder, id),
+        path.replace(placeholder, &id),
         Some(format!("{collection}/{id}")),
     )
+}
+
+fn id_of(row: &Value) -> String {
+    id_of_key(row, "id")
+}
+
+fn id_of_key(row: &Value, key: &str) -> String {
+    row[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in {row}"))
+        .to_owned()
+}
+
+async fn create_product(app: &TestApp, root: &str) -> Value {
+    let body = json!({ "name": "Hosting", "slug": unique("product"), "type": "SHARED_HOSTING" });
+    authed(app, root)
+        .post("/api/products", &body)
+        .await
+        .expect(201)
+}
+
+async fn create_plan(app: &TestApp, root: &str) -> Value {
+    let product = create_product(app, root).await;
+    let body = plan_body(&id_of(&product), &unique("plan"));
+    authed(app, root)
+        .post("/api/plans", &body)
+        .await
+        .expect(201)
+}
+
+fn plan_body(product_id: &str, slug: &str) -> Value {
+    json!({
+        "productId": product_id, "name": "Starter", "slug": slug,
+        "priceMonthlyCents": 149, "priceYearlyCents": 1490, "limitsJson": { "emails": 1 },
+    })
+}
+
+/// A paid order from the marketing backend, on a fresh plan and domain.
+async fn place_order(app: &TestApp, root: &str) -> Value {
+    let plan = create_plan(app, root).await;
+    let body = json!({
+        "tenantSlug": "home",
+        "customer": { "email": format!("{}@buyer.example.com", unique("c")) },
+        "planSlug": plan["slug"],
+        "totalAmountCents": 149,
+        "currency": "usd",
+        "stripePaymentIntentId": unique("pi"),
+        "metadata": { "domain": format!("{}.example.com", unique("d")) },
+    });
+    anon(app)
+        .authorization(&format!("Bearer {}", mpanel_tests::panel::INTERNAL_KEY))
+        .post("/api/orders", &body)
+        .await
+        .expect(201)
 }
 
 /// The body to send, and the SQL that counts the row it would create (for refused POSTs).
@@ -170,6 +358,25 @@ fn body_for(body: Body) -> (Option<Value>, Option<(String, String)>) {
                 Some(("SELECT count(*) FROM tenants WHERE slug = $1".into(), slug)),
             )
         }
+        Body::NewProduct => {
+            let slug = unique("new-product");
+            (
+                Some(json!({ "name": "New", "slug": slug, "type": "DNS" })),
+                Some(("SELECT count(*) FROM products WHERE slug = $1".into(), slug)),
+            )
+        }
+        // The product id is filled in by the matrix (it needs a row made first).
+        Body::NewPlan => {
+            let slug = unique("new-plan");
+            (
+                Some(plan_body("{product}", &slug)),
+                Some(("SELECT count(*) FROM plans WHERE slug = $1".into(), slug)),
+            )
+        }
+        Body::ProductPatch => (Some(json!({"name": unique("Renamed")})), None),
+        Body::PlanPatch => (Some(json!({"priceMonthlyCents": 199})), None),
+        Body::CancelOrder => (Some(json!({"status": "CANCELLED", "reason": "test"})), None),
+        Body::CancelNow => (None, None),
         Body::UserPatch => (Some(json!({"displayName": unique("Renamed")})), None),
         Body::ServerPatch => (Some(json!({"location": unique("rack")})), None),
         Body::TenantPatch => (Some(json!({"name": unique("Renamed")})), None),
@@ -178,7 +385,8 @@ fn body_for(body: Body) -> (Option<Value>, Option<(String, String)>) {
 
 #[tokio::test]
 async fn role_matrix_matches_the_permission_table() {
-    let app = TestApp::spawn().await;
+    // No worker: jobs made for the matrix stay as the test leaves them.
+    let app = TestApp::spawn_with(&[("RUN_WORKER", "false")]).await;
     let org = api::org_with_all_roles(&app, "home").await;
     let root = org.super_admin().token().to_owned();
     let pool = app.db.pool().await;
@@ -205,7 +413,10 @@ async fn role_matrix_matches_the_permission_table() {
                 Some(row) => Some(authed(&app, &root).get(row).await.expect(200)),
                 None => None,
             };
-            let (body, created) = body_for(route.body);
+            let (mut body, created) = body_for(route.body);
+            if let Some(b) = body.as_mut().filter(|b| b["productId"] == "{product}") {
+                b["productId"] = json!(id_of(&create_product(&app, &root).await));
+            }
             let reply = authed(&app, caller.token())
                 .send(method(route.method), &path, body.as_ref())
                 .await;
@@ -225,7 +436,8 @@ async fn role_matrix_matches_the_permission_table() {
                 continue;
             }
             if allowed {
-                if route.ok == 201 && reply.body["id"].as_str().is_none() {
+                let named = reply.body["id"].as_str().or(reply.body["token"].as_str());
+                if route.ok == 201 && named.is_none() {
                     mismatches.push(format!(
                         "{} {} as {role}: 201 without an id: {}",
                         route.method, route.path, reply.body
