@@ -316,9 +316,13 @@ fn plan_body(product_id: &str, slug: &str) -> Value {
 
 /// A paid order from the marketing backend, on a fresh plan and domain.
 async fn place_order(app: &TestApp, root: &str) -> Value {
+    place_order_in(app, root, "home").await
+}
+
+async fn place_order_in(app: &TestApp, root: &str, tenant: &str) -> Value {
     let plan = create_plan(app, root).await;
     let body = json!({
-        "tenantSlug": "home",
+        "tenantSlug": tenant,
         "customer": { "email": format!("{}@buyer.example.com", unique("c")) },
         "planSlug": plan["slug"],
         "totalAmountCents": 149,
@@ -1492,5 +1496,135 @@ async fn audit_list_filters_pages_and_validates() {
             .await
             .assert_invalid_field(field);
     }
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn selling_rows_of_another_tenant_answer_404_everywhere() {
+    let app = TestApp::spawn_with(&[("RUN_WORKER", "false")]).await;
+    let alpha = api::org_with_roles(&app, "alpha", &["SUPER_ADMIN"]).await;
+    let beta = api::org_with_roles(&app, "beta", &["SUPER_ADMIN"]).await;
+    let a_root = alpha.super_admin().token().to_owned();
+    let b_root = beta.super_admin().token().to_owned();
+
+    // Alpha sells something: product, plan, order, subscription, customer, jobs.
+    let placed = place_order_in(&app, &a_root, "alpha").await;
+    let order = id_of_key(&placed, "orderId");
+    let subscription = id_of_key(&placed, "subscriptionId");
+    let job = placed["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let detail = authed(&app, &a_root)
+        .get(&format!("/api/orders/{order}"))
+        .await
+        .expect(200);
+    let customer = id_of_key(&detail, "customerId");
+    let plan = id_of_key(&detail, "planId");
+    let plan_row = authed(&app, &a_root)
+        .get(&format!("/api/plans/{plan}"))
+        .await
+        .expect(200);
+    let product = id_of_key(&plan_row, "productId");
+    let server = id_of(&create_server(&app, &a_root, "alpha-web").await);
+
+    let pool = app.db.pool().await;
+    let before: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM audit_logs) + (SELECT count(*) FROM job_logs)
+              + (SELECT count(*) FROM enrollment_tokens)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+
+    let probes: Vec<(&str, String, Option<Value>)> = vec![
+        ("GET", format!("/api/products/{product}"), None),
+        (
+            "PATCH",
+            format!("/api/products/{product}"),
+            Some(json!({"name": "x"})),
+        ),
+        ("DELETE", format!("/api/products/{product}"), None),
+        ("GET", format!("/api/plans/{plan}"), None),
+        (
+            "PATCH",
+            format!("/api/plans/{plan}"),
+            Some(json!({"priceMonthlyCents": 1})),
+        ),
+        ("DELETE", format!("/api/plans/{plan}"), None),
+        ("GET", format!("/api/orders/{order}"), None),
+        (
+            "PATCH",
+            format!("/api/orders/{order}"),
+            Some(json!({"status": "REFUNDED"})),
+        ),
+        ("GET", format!("/api/subscriptions/{subscription}"), None),
+        (
+            "POST",
+            format!("/api/subscriptions/{subscription}/cancel"),
+            None,
+        ),
+        ("GET", format!("/api/customers/{customer}"), None),
+        ("GET", format!("/api/jobs/{job}"), None),
+        ("POST", format!("/api/jobs/{job}/retry"), None),
+        (
+            "POST",
+            format!("/api/servers/{server}/enrollment-token"),
+            None,
+        ),
+    ];
+    let mut leaks = Vec::new();
+    for (verb, path, body) in &probes {
+        let reply = authed(&app, &b_root)
+            .send(method(verb), path, body.as_ref())
+            .await;
+        if reply.status != 404 || reply.code() != "not_found" {
+            leaks.push(format!("{verb} {path}: {} {}", reply.status, reply.body));
+        }
+    }
+    // A plan of another tenant cannot be used for a new plan either.
+    let reply = authed(&app, &b_root)
+        .post("/api/plans", &plan_body(&product, "stolen"))
+        .await;
+    if reply.status != 422 {
+        leaks.push(format!(
+            "POST /api/plans with alpha's product: {} {}",
+            reply.status, reply.body
+        ));
+    }
+    for list in [
+        "/api/products",
+        "/api/plans",
+        "/api/orders",
+        "/api/subscriptions",
+        "/api/customers",
+        "/api/jobs",
+    ] {
+        let page = authed(&app, &b_root).get(list).await.expect(200);
+        if page["total"] != 0 {
+            leaks.push(format!("GET {list} shows alpha's rows: {page}"));
+        }
+    }
+    assert!(
+        leaks.is_empty(),
+        "cross-tenant leaks:\n{}",
+        leaks.join("\n")
+    );
+
+    let after: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM audit_logs) + (SELECT count(*) FROM job_logs)
+              + (SELECT count(*) FROM enrollment_tokens)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(before, after, "the refused calls wrote nothing");
+    let (status, sub_status): (String, String) = sqlx::query_as(
+        "SELECT o.status::text, s.status::text FROM orders o JOIN subscriptions s ON s.order_id = o.id WHERE o.id = $1::uuid",
+    )
+    .bind(&order)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), sub_status.as_str()), ("PAID", "ACTIVE"));
+
+    pool.close().await;
     app.cleanup().await;
 }
