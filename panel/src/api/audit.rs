@@ -11,7 +11,7 @@ use crate::{
     auth::permissions::{Require, perm},
     http::{
         error::{ApiError, ApiResult},
-        list::{ListQuery, Page},
+        list::{ListQuery, Page, fetch_page},
     },
 };
 
@@ -66,30 +66,16 @@ async fn list(
         AND ($3::text IS NULL OR action LIKE $3) AND ($4::uuid IS NULL OR user_id = $4)
         AND ($5::timestamptz IS NULL OR created_at >= $5)
         AND ($6::timestamptz IS NULL OR created_at <= $6)";
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM audit_logs WHERE {WHERE}"
-    )))
-    .bind(user.tenant_id)
-    .bind(&exact)
-    .bind(&prefix)
-    .bind(f.user_id)
-    .bind(f.from)
-    .bind(f.to)
-    .fetch_one(&state.db)
+    let args = crate::pg_args![user.tenant_id, exact, prefix, f.user_id, f.from, f.to];
+    let from_where = format!("FROM audit_logs WHERE {WHERE}");
+    let page = fetch_page(
+        &state.db,
+        "id, tenant_id, user_id, action, ip_address, user_agent, details, created_at",
+        &from_where,
+        &order,
+        query.window,
+        args,
+    )
     .await?;
-    let items: Vec<AuditEntry> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT id, tenant_id, user_id, action, ip_address, user_agent, details, created_at
-           FROM audit_logs WHERE {WHERE} ORDER BY {order} LIMIT $7 OFFSET $8"
-    )))
-    .bind(user.tenant_id)
-    .bind(&exact)
-    .bind(&prefix)
-    .bind(f.user_id)
-    .bind(f.from)
-    .bind(f.to)
-    .bind(query.window.limit())
-    .bind(query.window.offset())
-    .fetch_all(&state.db)
-    .await?;
-    Ok(Json(query.window.wrap(items, total)))
+    Ok(Json(page))
 }

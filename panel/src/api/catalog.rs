@@ -16,7 +16,7 @@ use crate::{
         client::ClientMeta,
         error::{ApiError, ApiResult},
         extract::{ApiJson, IdPath},
-        list::{ListQuery, Page},
+        list::{ListQuery, Page, fetch_page},
         patch::nullable,
     },
     model::{BillingInterval, ProductType},
@@ -214,27 +214,18 @@ async fn list_products(
     const WHERE: &str = "tenant_id = $1 AND ($2::product_type IS NULL OR type = $2)
         AND ($3::boolean IS NULL OR is_active = $3)
         AND ($4::text IS NULL OR name ILIKE $4 OR slug ILIKE $4)";
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM products WHERE {WHERE}"
-    )))
-    .bind(user.tenant_id)
-    .bind(f.kind)
-    .bind(f.is_active)
-    .bind(&pattern)
-    .fetch_one(&state.db)
+    let args = crate::pg_args![user.tenant_id, f.kind, f.is_active, pattern];
+    let from_where = format!("FROM products WHERE {WHERE}");
+    let page = fetch_page(
+        &state.db,
+        PRODUCT_COLUMNS,
+        &from_where,
+        &order,
+        query.window,
+        args,
+    )
     .await?;
-    let items: Vec<Product> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {PRODUCT_COLUMNS} FROM products WHERE {WHERE} ORDER BY {order} LIMIT $5 OFFSET $6"
-    )))
-    .bind(user.tenant_id)
-    .bind(f.kind)
-    .bind(f.is_active)
-    .bind(&pattern)
-    .bind(query.window.limit())
-    .bind(query.window.offset())
-    .fetch_all(&state.db)
-    .await?;
-    Ok(Json(query.window.wrap(items, total)))
+    Ok(Json(page))
 }
 
 async fn find_product(db: impl sqlx::PgExecutor<'_>, tenant: Uuid, id: Uuid) -> ApiResult<Product> {
@@ -422,27 +413,18 @@ async fn list_plans(
     const WHERE: &str = "tenant_id = $1 AND ($2::uuid IS NULL OR product_id = $2)
         AND ($3::boolean IS NULL OR is_active = $3)
         AND ($4::text IS NULL OR name ILIKE $4 OR slug ILIKE $4)";
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM plans WHERE {WHERE}"
-    )))
-    .bind(user.tenant_id)
-    .bind(f.product_id)
-    .bind(f.is_active)
-    .bind(&pattern)
-    .fetch_one(&state.db)
+    let args = crate::pg_args![user.tenant_id, f.product_id, f.is_active, pattern];
+    let from_where = format!("FROM plans WHERE {WHERE}");
+    let page = fetch_page(
+        &state.db,
+        PLAN_COLUMNS,
+        &from_where,
+        &order,
+        query.window,
+        args,
+    )
     .await?;
-    let items: Vec<Plan> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {PLAN_COLUMNS} FROM plans WHERE {WHERE} ORDER BY {order} LIMIT $5 OFFSET $6"
-    )))
-    .bind(user.tenant_id)
-    .bind(f.product_id)
-    .bind(f.is_active)
-    .bind(&pattern)
-    .bind(query.window.limit())
-    .bind(query.window.offset())
-    .fetch_all(&state.db)
-    .await?;
-    Ok(Json(query.window.wrap(items, total)))
+    Ok(Json(page))
 }
 
 async fn find_plan(db: impl sqlx::PgExecutor<'_>, tenant: Uuid, id: Uuid) -> ApiResult<Plan> {

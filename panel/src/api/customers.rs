@@ -11,7 +11,7 @@ use crate::{
     http::{
         error::{ApiError, ApiResult},
         extract::IdPath,
-        list::{ListQuery, Page},
+        list::{ListQuery, Page, fetch_page},
     },
 };
 
@@ -38,13 +38,11 @@ pub struct Customer {
     pub active_subscriptions: i64,
 }
 
-const SELECT: &str =
-    "SELECT c.id, c.tenant_id, c.email, c.full_name, c.phone, c.stripe_customer_id,
+const COLUMNS: &str = "c.id, c.tenant_id, c.email, c.full_name, c.phone, c.stripe_customer_id,
         c.is_active, c.created_at, c.updated_at,
         (SELECT count(*) FROM orders o WHERE o.customer_id = c.id) AS order_count,
         (SELECT count(*) FROM subscriptions s WHERE s.customer_id = c.id AND s.status = 'ACTIVE')
-            AS active_subscriptions
-   FROM customers c";
+            AS active_subscriptions";
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -69,25 +67,10 @@ async fn list(
     let pattern = query.filter.q.as_deref().map(super::servers::like_pattern);
     const WHERE: &str = "c.tenant_id = $1 AND ($2::boolean IS NULL OR c.is_active = $2)
         AND ($3::text IS NULL OR c.email ILIKE $3 OR c.full_name ILIKE $3)";
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM customers c WHERE {WHERE}"
-    )))
-    .bind(user.tenant_id)
-    .bind(query.filter.is_active)
-    .bind(&pattern)
-    .fetch_one(&state.db)
-    .await?;
-    let items: Vec<Customer> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SELECT} WHERE {WHERE} ORDER BY {order} LIMIT $4 OFFSET $5"
-    )))
-    .bind(user.tenant_id)
-    .bind(query.filter.is_active)
-    .bind(&pattern)
-    .bind(query.window.limit())
-    .bind(query.window.offset())
-    .fetch_all(&state.db)
-    .await?;
-    Ok(Json(query.window.wrap(items, total)))
+    let args = crate::pg_args![user.tenant_id, query.filter.is_active, pattern];
+    let from_where = format!("FROM customers c WHERE {WHERE}");
+    let page = fetch_page(&state.db, COLUMNS, &from_where, &order, query.window, args).await?;
+    Ok(Json(page))
 }
 
 async fn detail(
@@ -96,7 +79,7 @@ async fn detail(
     IdPath(id): IdPath,
 ) -> ApiResult<Json<Customer>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SELECT} WHERE c.id = $1 AND c.tenant_id = $2"
+        "SELECT {COLUMNS} FROM customers c WHERE c.id = $1 AND c.tenant_id = $2"
     )))
     .bind(id)
     .bind(user.tenant_id)

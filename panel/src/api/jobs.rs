@@ -19,7 +19,7 @@ use crate::{
         client::ClientMeta,
         error::{ApiError, ApiResult},
         extract::IdPath,
-        list::{ListQuery, Page},
+        list::{ListQuery, Page, fetch_page},
     },
     jobs::{self, store},
     model::{JobStatus, JobType},
@@ -97,29 +97,10 @@ async fn list(
     const WHERE: &str = "tenant_id = $1 AND ($2::job_status IS NULL OR status = $2)
         AND ($3::job_type IS NULL OR type = $3) AND ($4::uuid IS NULL OR order_id = $4)
         AND ($5::uuid IS NULL OR server_id = $5)";
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM jobs WHERE {WHERE}"
-    )))
-    .bind(user.tenant_id)
-    .bind(f.status)
-    .bind(f.kind)
-    .bind(f.order_id)
-    .bind(f.server_id)
-    .fetch_one(&state.db)
-    .await?;
-    let items: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM jobs WHERE {WHERE} ORDER BY {order} LIMIT $6 OFFSET $7"
-    )))
-    .bind(user.tenant_id)
-    .bind(f.status)
-    .bind(f.kind)
-    .bind(f.order_id)
-    .bind(f.server_id)
-    .bind(query.window.limit())
-    .bind(query.window.offset())
-    .fetch_all(&state.db)
-    .await?;
-    Ok(Json(query.window.wrap(items, total)))
+    let args = crate::pg_args![user.tenant_id, f.status, f.kind, f.order_id, f.server_id];
+    let from_where = format!("FROM jobs WHERE {WHERE}");
+    let page = fetch_page(&state.db, COLUMNS, &from_where, &order, query.window, args).await?;
+    Ok(Json(page))
 }
 
 async fn find(db: impl sqlx::PgExecutor<'_>, tenant: Uuid, id: Uuid) -> ApiResult<Job> {

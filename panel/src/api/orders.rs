@@ -18,7 +18,7 @@ use crate::{
         error::{ApiError, ApiResult},
         extract::{ApiJson, IdPath},
         internal::InternalCaller,
-        list::{ListQuery, Page},
+        list::{ListQuery, Page, fetch_page},
     },
     model::OrderStatus,
     orders::{PaidOrder, PlacedOrder, place_paid_order},
@@ -182,27 +182,10 @@ async fn list(
     let f = &query.filter;
     const WHERE: &str = "tenant_id = $1 AND ($2::order_status IS NULL OR status = $2)
         AND ($3::uuid IS NULL OR customer_id = $3) AND ($4::uuid IS NULL OR plan_id = $4)";
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM orders WHERE {WHERE}"
-    )))
-    .bind(user.tenant_id)
-    .bind(f.status)
-    .bind(f.customer_id)
-    .bind(f.plan_id)
-    .fetch_one(&state.db)
-    .await?;
-    let items: Vec<Order> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM orders WHERE {WHERE} ORDER BY {order} LIMIT $5 OFFSET $6"
-    )))
-    .bind(user.tenant_id)
-    .bind(f.status)
-    .bind(f.customer_id)
-    .bind(f.plan_id)
-    .bind(query.window.limit())
-    .bind(query.window.offset())
-    .fetch_all(&state.db)
-    .await?;
-    Ok(Json(query.window.wrap(items, total)))
+    let args = crate::pg_args![user.tenant_id, f.status, f.customer_id, f.plan_id];
+    let from_where = format!("FROM orders WHERE {WHERE}");
+    let page = fetch_page(&state.db, COLUMNS, &from_where, &order, query.window, args).await?;
+    Ok(Json(page))
 }
 
 async fn find(db: impl sqlx::PgExecutor<'_>, tenant: Uuid, id: Uuid) -> ApiResult<Order> {

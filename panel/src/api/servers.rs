@@ -16,7 +16,7 @@ use crate::{
         client::ClientMeta,
         error::{ApiError, ApiResult},
         extract::{ApiJson, IdPath},
-        list::{ListQuery, Page},
+        list::{ListQuery, Page, fetch_page},
         patch::nullable,
     },
     model::ServerRole,
@@ -117,29 +117,16 @@ async fn list(
     const WHERE: &str = "tenant_id = $1 AND ($2::server_role IS NULL OR role = $2)
         AND ($3::boolean IS NULL OR is_active = $3) AND ($4::text IS NULL OR name ILIKE $4)
         AND ($5 OR deleted_at IS NULL)";
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM servers WHERE {WHERE}"
-    )))
-    .bind(user.tenant_id)
-    .bind(f.role)
-    .bind(f.is_active)
-    .bind(&pattern)
-    .bind(f.include_deleted)
-    .fetch_one(&state.db)
-    .await?;
-    let items: Vec<Server> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM servers WHERE {WHERE} ORDER BY {order} LIMIT $6 OFFSET $7"
-    )))
-    .bind(user.tenant_id)
-    .bind(f.role)
-    .bind(f.is_active)
-    .bind(&pattern)
-    .bind(f.include_deleted)
-    .bind(query.window.limit())
-    .bind(query.window.offset())
-    .fetch_all(&state.db)
-    .await?;
-    Ok(Json(query.window.wrap(items, total)))
+    let args = crate::pg_args![
+        user.tenant_id,
+        f.role,
+        f.is_active,
+        pattern,
+        f.include_deleted
+    ];
+    let from_where = format!("FROM servers WHERE {WHERE}");
+    let page = fetch_page(&state.db, COLUMNS, &from_where, &order, query.window, args).await?;
+    Ok(Json(page))
 }
 
 /// `%text%` for ILIKE, with the user's own wildcards escaped.

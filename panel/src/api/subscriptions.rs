@@ -18,7 +18,7 @@ use crate::{
         client::ClientMeta,
         error::{ApiError, ApiResult},
         extract::{IdPath, parse_json},
-        list::{ListQuery, Page},
+        list::{ListQuery, Page, fetch_page},
     },
     model::SubscriptionStatus,
 };
@@ -78,29 +78,16 @@ async fn list(
     const WHERE: &str = "tenant_id = $1 AND ($2::subscription_status IS NULL OR status = $2)
         AND ($3::uuid IS NULL OR customer_id = $3) AND ($4::uuid IS NULL OR plan_id = $4)
         AND ($5::uuid IS NULL OR domain_id = $5)";
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM subscriptions WHERE {WHERE}"
-    )))
-    .bind(user.tenant_id)
-    .bind(f.status)
-    .bind(f.customer_id)
-    .bind(f.plan_id)
-    .bind(f.domain_id)
-    .fetch_one(&state.db)
-    .await?;
-    let items: Vec<Subscription> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM subscriptions WHERE {WHERE} ORDER BY {order} LIMIT $6 OFFSET $7"
-    )))
-    .bind(user.tenant_id)
-    .bind(f.status)
-    .bind(f.customer_id)
-    .bind(f.plan_id)
-    .bind(f.domain_id)
-    .bind(query.window.limit())
-    .bind(query.window.offset())
-    .fetch_all(&state.db)
-    .await?;
-    Ok(Json(query.window.wrap(items, total)))
+    let args = crate::pg_args![
+        user.tenant_id,
+        f.status,
+        f.customer_id,
+        f.plan_id,
+        f.domain_id
+    ];
+    let from_where = format!("FROM subscriptions WHERE {WHERE}");
+    let page = fetch_page(&state.db, COLUMNS, &from_where, &order, query.window, args).await?;
+    Ok(Json(page))
 }
 
 async fn find(db: impl sqlx::PgExecutor<'_>, tenant: Uuid, id: Uuid) -> ApiResult<Subscription> {

@@ -18,7 +18,7 @@ use crate::{
         client::ClientMeta,
         error::{ApiError, ApiResult},
         extract::{ApiJson, IdPath},
-        list::{ListQuery, Page},
+        list::{ListQuery, Page, fetch_page},
     },
     model::UserRole,
 };
@@ -106,23 +106,10 @@ async fn list(
     let pattern = query.filter.q.as_deref().map(super::servers::like_pattern);
     const WHERE: &str = "($1::boolean IS NULL OR is_active = $1)
         AND ($2::text IS NULL OR name ILIKE $2 OR slug ILIKE $2)";
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM tenants WHERE {WHERE}"
-    )))
-    .bind(query.filter.is_active)
-    .bind(&pattern)
-    .fetch_one(&state.db)
-    .await?;
-    let items: Vec<Tenant> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM tenants WHERE {WHERE} ORDER BY {order} LIMIT $3 OFFSET $4"
-    )))
-    .bind(query.filter.is_active)
-    .bind(&pattern)
-    .bind(query.window.limit())
-    .bind(query.window.offset())
-    .fetch_all(&state.db)
-    .await?;
-    Ok(Json(query.window.wrap(items, total)))
+    let args = crate::pg_args![query.filter.is_active, pattern];
+    let from_where = format!("FROM tenants WHERE {WHERE}");
+    let page = fetch_page(&state.db, COLUMNS, &from_where, &order, query.window, args).await?;
+    Ok(Json(page))
 }
 
 async fn find(db: impl sqlx::PgExecutor<'_>, id: Uuid) -> ApiResult<Tenant> {

@@ -22,7 +22,7 @@ use crate::{
         client::ClientMeta,
         error::{ApiError, ApiResult},
         extract::{ApiJson, IdPath},
-        list::{ListQuery, Page},
+        list::{ListQuery, Page, fetch_page},
     },
     model::UserRole,
 };
@@ -140,27 +140,10 @@ async fn list(
     const WHERE: &str = "tenant_id = $1 AND ($2::user_role IS NULL OR role = $2)
         AND ($3::boolean IS NULL OR is_active = $3)
         AND ($4::text IS NULL OR email ILIKE $4 OR display_name ILIKE $4)";
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM users WHERE {WHERE}"
-    )))
-    .bind(user.tenant_id)
-    .bind(f.role)
-    .bind(f.is_active)
-    .bind(&pattern)
-    .fetch_one(&state.db)
-    .await?;
-    let items: Vec<User> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM users WHERE {WHERE} ORDER BY {order} LIMIT $5 OFFSET $6"
-    )))
-    .bind(user.tenant_id)
-    .bind(f.role)
-    .bind(f.is_active)
-    .bind(&pattern)
-    .bind(query.window.limit())
-    .bind(query.window.offset())
-    .fetch_all(&state.db)
-    .await?;
-    Ok(Json(query.window.wrap(items, total)))
+    let args = crate::pg_args![user.tenant_id, f.role, f.is_active, pattern];
+    let from_where = format!("FROM users WHERE {WHERE}");
+    let page = fetch_page(&state.db, COLUMNS, &from_where, &order, query.window, args).await?;
+    Ok(Json(page))
 }
 
 async fn find(db: impl sqlx::PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> ApiResult<User> {

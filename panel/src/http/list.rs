@@ -135,3 +135,59 @@ impl Sorting {
         Ok(format!("{column} {direction}, id {direction}"))
     }
 }
+
+/// Query arguments bound once and shared by a list's count and page queries, so the two
+/// can never disagree about the filters: `pg_args![tenant_id, f.status, …]`.
+#[macro_export]
+macro_rules! pg_args {
+    ($($value:expr),* $(,)?) => {{
+        use sqlx::Arguments as _;
+        #[allow(unused_mut)]
+        let mut args = sqlx::postgres::PgArguments::default();
+        $(
+            args.add($value).map_err(|e| {
+                $crate::http::error::ApiError::Internal(anyhow::anyhow!("binding a filter: {e}"))
+            })?;
+        )*
+        args
+    }};
+}
+
+/// One page of `SELECT {columns} {from_where} ORDER BY {order}`, with its total. `from_where`
+/// is fixed SQL (`FROM servers WHERE tenant_id = $1 AND …`) whose `$n` are `args`.
+pub async fn fetch_page<T>(
+    db: &sqlx::PgPool,
+    columns: &str,
+    from_where: &str,
+    order: &str,
+    window: PageWindow,
+    args: sqlx::postgres::PgArguments,
+) -> Result<Page<T>, ApiError>
+where
+    T: Serialize + Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    use sqlx::{Arguments, AssertSqlSafe};
+    let n = args.len();
+    let total: i64 = sqlx::query_scalar_with(
+        AssertSqlSafe(format!("SELECT count(*) {from_where}")),
+        args.clone(),
+    )
+    .fetch_one(db)
+    .await?;
+    let mut paged = args;
+    paged
+        .add(window.limit())
+        .and_then(|()| paged.add(window.offset()))
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("binding the page: {e}")))?;
+    let items: Vec<T> = sqlx::query_as_with(
+        AssertSqlSafe(format!(
+            "SELECT {columns} {from_where} ORDER BY {order} LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        )),
+        paged,
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(window.wrap(items, total))
+}
