@@ -4,6 +4,7 @@
 pub mod api;
 pub mod db;
 pub mod panel;
+pub mod selling;
 
 pub use db::TestDb;
 pub use panel::{TestApp, wait_for};

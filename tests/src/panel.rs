@@ -55,6 +55,15 @@ const PANEL_VARS: &[&str] = &[
     "SHUTDOWN_TIMEOUT",
     "MAX_BODY_BYTES",
     "TRUSTED_PROXIES",
+    "RUN_WORKER",
+    "WORKER_CONCURRENCY",
+    "JOB_LEASE",
+    "JOB_MAX_ATTEMPTS",
+    "JOB_RETRY_BASE",
+    "JOB_RETRY_MAX",
+    "JOB_SWEEP_INTERVAL",
+    "JOB_DISPATCHER",
+    "JOB_SIMULATE_DELAY",
 ];
 
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789-abcdefghijklmnop";
