@@ -1,4 +1,4 @@
-//! The command line. `--config` is reserved for `mpanel-agent run` (a later version).
+//! The command line: `mpanel-agent enroll …` and `mpanel-agent run [--config PATH]`.
 
 use std::path::PathBuf;
 
@@ -29,6 +29,16 @@ pub enum Command {
     /// Enroll this server: generate a key here, send a certificate request with the
     /// one-time token, and store the certificate the panel signs.
     Enroll(EnrollArgs),
+    /// Run the daemon: dial the panel's fleet hub and execute its commands.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The TOML configuration (default /etc/mpanel-agent/agent.toml; a missing default file
+    /// means every default).
+    #[arg(long, value_name = "PATH", env = "MPANEL_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

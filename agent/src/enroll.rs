@@ -84,7 +84,7 @@ pub async fn run(args: EnrollArgs) -> anyhow::Result<()> {
 }
 
 /// The kernel's host name.
-fn system_hostname() -> anyhow::Result<Hostname> {
+pub(crate) fn system_hostname() -> anyhow::Result<Hostname> {
     let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .context("read the host name (pass --hostname)")?;
     Hostname::parse(raw.trim()).map_err(|e| anyhow::anyhow!("host name: {e}; pass --hostname"))
@@ -216,13 +216,13 @@ pub fn verify(
 }
 
 /// One `CERTIFICATE` block with Unix line endings, as the panel writes it.
-fn certificate_pem(der: Vec<u8>) -> String {
+pub(crate) fn certificate_pem(der: Vec<u8>) -> String {
     let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
     pem::encode_config(&pem::Pem::new("CERTIFICATE", der), config)
 }
 
 /// The DER of the one `CERTIFICATE` block in `text`; more blocks, or another kind, is an error.
-fn single_certificate(text: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn single_certificate(text: &str) -> anyhow::Result<Vec<u8>> {
     let blocks = pem::parse_many(text).context("not PEM")?;
     match blocks.as_slice() {
         [one] if one.tag() == "CERTIFICATE" => Ok(one.contents().to_vec()),

@@ -1,18 +1,27 @@
-//! The mPanel agent: runs on each server, enrolls with the panel, and (in a later version)
-//! dials the panel's fleet hub over an mTLS WebSocket to execute the typed commands of
-//! `mpanel-protocol` for the roles its server has.
+//! The mPanel agent: runs on each server, enrolls with the panel, and dials the panel's
+//! fleet hub over an mTLS WebSocket to execute the typed commands of `mpanel-protocol` for
+//! the roles its server has.
 //!
 //! - [`cli`]: the command line (clap).
 //! - [`enroll`]: `mpanel-agent enroll`: key generation, CSR, the enrollment request, and
 //!   the checks that the answer comes from the panel the token pins.
 //! - [`state`]: the state directory (key, certificates, `enrollment.json`), written
 //!   atomically with private modes.
+//! - [`config`]: `agent.toml` of `mpanel-agent run`.
+//! - [`run`]: the daemon: connection, reconnect, heartbeats, metrics, renewal, shutdown.
+//! - [`executors`]: one function per command; [`journal`]: ids already answered.
+//! - [`metrics`]: health samples (sysinfo, systemd).
 //!
 //! Exit codes: 0 success, 1 failure, 2 usage error. Logs go to stderr as plain text
 //! (journald adds its own timestamps when it runs us).
 
 pub mod cli;
+pub mod config;
 pub mod enroll;
+pub mod executors;
+pub mod journal;
+pub mod metrics;
+pub mod run;
 pub mod state;
 
 use std::{io::IsTerminal, process::ExitCode};
@@ -36,8 +45,20 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    init_logging(cli.verbose);
-    match run(cli) {
+    // The daemon's configuration holds its log level: read it before logging starts.
+    let config = match &cli.command {
+        cli::Command::Run(args) => match config::AgentConfig::load(args.config.as_deref()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                init_logging(cli.verbose, None);
+                tracing::error!("{e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        cli::Command::Enroll(_) => None,
+    };
+    init_logging(cli.verbose, config.as_ref().map(|c| c.log_level.as_str()));
+    match run(cli, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -46,22 +67,25 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(cli: cli::Cli) -> anyhow::Result<()> {
+fn run(cli: cli::Cli, config: Option<config::AgentConfig>) -> anyhow::Result<()> {
+    // One thread: an idle agent should cost next to nothing.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    match cli.command {
-        cli::Command::Enroll(args) => runtime.block_on(enroll::run(args)),
+    match (cli.command, config) {
+        (cli::Command::Enroll(args), _) => runtime.block_on(enroll::run(args)),
+        (cli::Command::Run(_), Some(config)) => runtime.block_on(run::run(config)),
+        (cli::Command::Run(_), None) => unreachable!("the configuration is loaded first"),
     }
 }
 
-fn init_logging(verbose: bool) {
+fn init_logging(verbose: bool, level: Option<&str>) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("MPANEL_AGENT_LOG").unwrap_or_else(|_| {
-        EnvFilter::new(if verbose {
-            "mpanel_agent=debug,info"
-        } else {
-            "mpanel_agent=info,warn"
+        EnvFilter::new(match (verbose, level) {
+            (true, _) => "mpanel_agent=debug,info",
+            (false, Some(level)) => level,
+            (false, None) => "mpanel_agent=info,warn",
         })
     });
     let builder = tracing_subscriber::fmt()

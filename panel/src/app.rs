@@ -9,7 +9,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::tokens::TokenKeys, config::Config, db, fleet::ca::CertificateAuthority, http, jobs,
+    auth::tokens::TokenKeys,
+    config::Config,
+    db,
+    fleet::{Fleet, ca::CertificateAuthority, hub::Hub},
+    http, jobs,
     redis::Redis,
 };
 
@@ -22,6 +26,8 @@ pub struct AppState {
     pub tokens: Arc<TokenKeys>,
     /// The fleet's certificate authority, created on the panel's first start.
     pub ca: Arc<CertificateAuthority>,
+    /// The agents connected to this panel and the commands waiting for them.
+    pub fleet: Arc<Fleet>,
 }
 
 impl AppState {
@@ -45,6 +51,7 @@ impl AppState {
         .context("the fleet certificate authority (CA_CERT_PATH, CA_KEY_PATH)")?;
         Ok(AppState {
             ca: Arc::new(ca),
+            fleet: Arc::new(Fleet::new()),
             tokens: Arc::new(TokenKeys::new(&config.jwt)),
             config: Arc::new(config),
             db,
@@ -55,6 +62,7 @@ impl AppState {
 
 pub struct Application {
     listener: TcpListener,
+    hub: Hub,
     state: AppState,
 }
 
@@ -65,7 +73,12 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (HOST/PORT)"))?;
-        Ok(Application { listener, state })
+        let hub = Hub::bind(&state).await?;
+        Ok(Application {
+            listener,
+            hub,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -87,6 +100,7 @@ impl Application {
         )
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let server = tokio::spawn(async move { server.await });
+        let hub = tokio::spawn(self.hub.run(self.state.clone(), shutdown.clone()));
         let worker = self.state.config.jobs.run_worker.then(|| {
             let dispatcher = jobs::dispatcher::from_config(&self.state.config.jobs);
             tokio::spawn(
@@ -102,6 +116,8 @@ impl Application {
                 "in-flight requests did not finish in time; exiting anyway"
             ),
         }
+        // The hub bounds its own wait for agent connections by the same timeout.
+        let _ = hub.await;
         if let Some(worker) = worker {
             // The worker bounds its own wait for running jobs by the same timeout.
             let _ = worker.await;

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod db;
+pub mod fleet;
 pub mod panel;
 pub mod selling;
 

@@ -5,6 +5,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::Stdio,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -113,6 +114,8 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
     env: Vec<(String, String)>,
     child: Option<Child>,
+    /// Every line the panel printed on stdout, across restarts.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl TestApp {
@@ -156,6 +159,7 @@ impl TestApp {
             dir,
             env,
             child: None,
+            log: Arc::default(),
         };
         app.start().await;
         app
@@ -171,13 +175,18 @@ impl TestApp {
         let mut child = cmd.spawn().expect("spawn mpanel serve");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = oneshot::channel();
-        tokio::spawn(forward_logs(stdout, tx));
+        tokio::spawn(forward_logs(stdout, tx, self.log.clone()));
         let addr = tokio::time::timeout(Duration::from_secs(30), rx)
             .await
             .expect("mpanel serve did not start listening within 30s")
             .expect("mpanel serve exited before listening (see its log above)");
         self.addr = addr;
         self.child = Some(child);
+    }
+
+    /// The panel's log lines so far (JSON, one per line).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -289,11 +298,18 @@ impl TestApp {
 }
 
 /// Echoes the panel's log lines into the test output and reports the address it bound.
-async fn forward_logs(stdout: tokio::process::ChildStdout, tx: oneshot::Sender<SocketAddr>) {
+async fn forward_logs(
+    stdout: tokio::process::ChildStdout,
+    tx: oneshot::Sender<SocketAddr>,
+    log: Arc<Mutex<Vec<String>>>,
+) {
     let mut tx = Some(tx);
     let mut lines = BufReader::new(stdout).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         eprintln!("[panel] {line}");
+        log.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(line.clone());
         if tx.is_some()
             && let Ok(v) = serde_json::from_str::<Value>(&line)
             && v["message"] == "http listening"

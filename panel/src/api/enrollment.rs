@@ -140,6 +140,17 @@ async fn enroll_agent(
             EnrollError::Internal(cause) => ApiError::Internal(cause),
         })?;
     tx.commit().await?;
+    // The certificates this enrollment replaced are refused from now on, and whoever holds
+    // one is cut off.
+    if !enrollment.revoked_serials.is_empty() {
+        state
+            .fleet
+            .revoked
+            .insert_all(enrollment.revoked_serials.iter().cloned());
+        state
+            .fleet
+            .disconnect(None, &enrollment.revoked_serials, "re-enrolled");
+    }
     tracing::info!(
         agent_id = %enrollment.agent_id,
         server_id = %enrollment.server_id,

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod catalog;
 pub mod customers;
 pub mod enrollment;
+pub mod fleet;
 pub mod jobs;
 pub mod orders;
 pub mod public;
@@ -37,4 +38,5 @@ pub fn router() -> Router<AppState> {
         .nest("/webhooks", webhooks::router())
         .nest("/audit", audit::router())
         .merge(enrollment::router())
+        .merge(fleet::router())
 }

@@ -123,6 +123,13 @@ pub struct FleetConfig {
     pub public_url: Url,
     pub ca_cert_path: PathBuf,
     pub ca_key_path: PathBuf,
+    /// Each side of an agent connection sends a heartbeat this often and drops a peer that
+    /// stayed silent for two intervals (`AGENT_HEARTBEAT_INTERVAL`).
+    pub heartbeat_interval: Duration,
+    /// How often agents are asked to report metrics (`AGENT_METRICS_INTERVAL`).
+    pub metrics_interval: Duration,
+    /// How long metrics samples are kept (`AGENT_METRICS_RETENTION`).
+    pub metrics_retention: Duration,
 }
 
 /// Which dispatcher runs jobs.
@@ -333,6 +340,24 @@ impl Config {
             .get("CA_KEY_PATH")
             .map(PathBuf::from)
             .unwrap_or_else(|| data_dir.join("ca/ca.key"));
+        let heartbeat_interval = r.duration("AGENT_HEARTBEAT_INTERVAL", Duration::from_secs(15));
+        if heartbeat_interval < Duration::from_secs(1)
+            || heartbeat_interval > Duration::from_secs(300)
+        {
+            r.problem("AGENT_HEARTBEAT_INTERVAL: must be between 1s and 5m".into());
+        }
+        let metrics_interval = r.duration("AGENT_METRICS_INTERVAL", Duration::from_secs(60));
+        if metrics_interval < Duration::from_secs(1) || metrics_interval > Duration::from_secs(3600)
+        {
+            r.problem("AGENT_METRICS_INTERVAL: must be between 1s and 1h".into());
+        }
+        let metrics_retention =
+            r.duration("AGENT_METRICS_RETENTION", Duration::from_secs(7 * 86_400));
+        if metrics_retention < Duration::from_secs(3600)
+            || metrics_retention > Duration::from_secs(90 * 86_400)
+        {
+            r.problem("AGENT_METRICS_RETENTION: must be between 1h and 90d".into());
+        }
 
         let shutdown_timeout = r.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(30));
 
@@ -416,6 +441,9 @@ impl Config {
                 public_url,
                 ca_cert_path,
                 ca_key_path,
+                heartbeat_interval,
+                metrics_interval,
+                metrics_retention,
             },
             jobs,
             data_dir,

@@ -229,6 +229,59 @@ impl CertificateAuthority {
     }
 }
 
+/// The hub's TLS identity: a certificate signed by the CA and its key, both DER. The key
+/// lives in memory only; every start of the panel makes a new one.
+pub struct HubIdentity {
+    pub cert_der: Vec<u8>,
+    pub key_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for HubIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubIdentity").finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// Signs a server certificate for the fleet hub, valid for `names` (DNS names or IP
+    /// addresses: what agents dial). Agents trust only this CA, so this is the certificate
+    /// they check the hub against.
+    pub fn sign_hub_identity(
+        &self,
+        names: &[String],
+        validity: Duration,
+    ) -> anyhow::Result<HubIdentity> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).context("generate the hub key")?;
+        let now = Utc::now();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "mPanel fleet hub");
+        params.distinguished_name = dn;
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName(n.clone().try_into()?)),
+            })
+            .collect::<Result<_, rcgen::Error>>()
+            .context("hub certificate names")?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
+        params.not_before = to_time(now - BACKDATE)?;
+        params.not_after = to_time((now + validity).min(self.not_after))?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .context("sign the hub certificate")?;
+        Ok(HubIdentity {
+            cert_der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
+        })
+    }
+}
+
 /// 16 random bytes, top bit clear (a positive DER INTEGER) and the next one set (no leading
 /// zero byte to strip), so the hex form is always the 32 digits the certificate holds.
 fn random_serial() -> [u8; 16] {

@@ -1,15 +1,27 @@
 //! The fleet: the panel's side of its agents.
 //!
-//! - [`ca`]: the certificate authority that signs agent client certificates.
+//! - [`ca`]: the certificate authority that signs agent client certificates (and the hub's
+//!   own server certificate).
 //! - [`enroll`]: one-time enrollment tokens and their redemption into an agent row and a
 //!   certificate.
+//! - [`tls`]: the hub's rustls configuration: client certificates from our CA only, revoked
+//!   serials refused at the handshake; the agent identity read from a certificate.
+//! - [`hub`]: the agents' mTLS WebSocket listener and one task per connection.
+//! - [`dispatch`]: the registry of live connections and [`Fleet::send`], a typed command to a
+//!   server's agent with a deadline.
+//! - [`presence`]: online/offline and last seen (Redis and PostgreSQL), metrics history.
 //!
 //! Wire types (messages, enrollment bodies, the token format) live in
 //! `mpanel_protocol::messages`; this module converts at the edge and owns the database rows
-//! (`agents`, `agent_certificates`, `enrollment_tokens`). It never talks to agents itself
-//! over HTTP: agents dial in.
+//! (`agents`, `agent_certificates`, `enrollment_tokens`, `server_metrics`, the presence
+//! columns of `servers`). It never talks to agents itself over HTTP: agents dial in.
 
 pub mod ca;
+pub mod dispatch;
 pub mod enroll;
+pub mod hub;
+pub mod presence;
+pub mod tls;
 
 pub use ca::CertificateAuthority;
+pub use dispatch::{DispatchError, Fleet};

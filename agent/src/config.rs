@@ -1,0 +1,266 @@
+//! `agent.toml`, the daemon's configuration (`/etc/mpanel-agent/agent.toml` by default).
+//!
+//! ```toml
+//! state_dir = "/var/lib/mpanel-agent"      # key, certificates, enrollment.json, journal
+//! # hub_url = "wss://panel.example.com:2272" # default: enrollment.json's hubUrl
+//! # key_file / cert_file / ca_file / journal_file: default inside state_dir
+//! # hostname = "srv1-web"                  # default: the kernel's host name
+//! roles = ["web"]                           # web, dns, mail, db, backup
+//! # heartbeat_interval = "15s"              # default: what the panel says in Welcome
+//! # metrics_interval = "60s"                # default: what the panel says in Welcome
+//! log_level = "info"                        # a tracing filter; MPANEL_AGENT_LOG wins
+//! reconnect_min = "1s"
+//! reconnect_max = "60s"
+//! shutdown_timeout = "30s"
+//! # renew_before = "10d"                    # default: a third of the certificate's life
+//! ```
+//!
+//! Unknown keys are refused (a typo must not silently mean "default"), and every value is
+//! checked once, here, with every problem reported at once.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use mpanel_protocol::messages::{Hostname, Role};
+use serde::Deserialize;
+use url::Url;
+
+use crate::cli::DEFAULT_STATE_DIR;
+
+pub const DEFAULT_CONFIG: &str = "/etc/mpanel-agent/agent.toml";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    state_dir: Option<PathBuf>,
+    hub_url: Option<String>,
+    key_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    journal_file: Option<PathBuf>,
+    hostname: Option<String>,
+    #[serde(default)]
+    roles: Vec<Role>,
+    heartbeat_interval: Option<String>,
+    metrics_interval: Option<String>,
+    log_level: Option<String>,
+    reconnect_min: Option<String>,
+    reconnect_max: Option<String>,
+    shutdown_timeout: Option<String>,
+    renew_before: Option<String>,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub state_dir: PathBuf,
+    /// `None`: use `enrollment.json`'s.
+    pub hub_url: Option<Url>,
+    pub key_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub ca_file: PathBuf,
+    pub journal_file: PathBuf,
+    /// The name reported to the panel; `None`: the kernel's host name.
+    pub hostname: Option<Hostname>,
+    pub roles: Vec<Role>,
+    pub heartbeat_interval: Option<Duration>,
+    pub metrics_interval: Option<Duration>,
+    pub log_level: String,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub shutdown_timeout: Duration,
+    pub renew_before: Option<Duration>,
+}
+
+impl AgentConfig {
+    /// Reads `path`; a missing file is fine only when it is the default path (an agent
+    /// with no roles still answers pings and reports health).
+    pub fn load(path: Option<&Path>) -> anyhow::Result<AgentConfig> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        AgentConfig::parse(&text).with_context(|| format!("configuration {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<AgentConfig> {
+        let raw: Raw = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        let mut problems = Vec::new();
+        let mut duration = |name: &str, v: &Option<String>, min: Duration, max: Duration| {
+            let d = v.as_deref().map(parse_duration).transpose();
+            match d {
+                Ok(Some(d)) if d < min || d > max => {
+                    problems.push(format!("{name}: must be between {min:?} and {max:?}"));
+                    None
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    problems.push(format!("{name}: {e}"));
+                    None
+                }
+            }
+        };
+        let s = Duration::from_secs;
+        let heartbeat_interval =
+            duration("heartbeat_interval", &raw.heartbeat_interval, s(1), s(300));
+        let metrics_interval = duration("metrics_interval", &raw.metrics_interval, s(1), s(3600));
+        let reconnect_min = duration(
+            "reconnect_min",
+            &raw.reconnect_min,
+            Duration::from_millis(100),
+            s(60),
+        )
+        .unwrap_or(s(1));
+        let reconnect_max =
+            duration("reconnect_max", &raw.reconnect_max, s(1), s(3600)).unwrap_or(s(60));
+        let shutdown_timeout =
+            duration("shutdown_timeout", &raw.shutdown_timeout, s(1), s(600)).unwrap_or(s(30));
+        let renew_before = duration(
+            "renew_before",
+            &raw.renew_before,
+            s(60),
+            s(10 * 365 * 86_400),
+        );
+        if reconnect_min > reconnect_max {
+            problems.push("reconnect_min: must not exceed reconnect_max".into());
+        }
+        let hub_url = match raw.hub_url.as_deref().map(Url::parse) {
+            None => None,
+            Some(Ok(u)) if u.scheme() == "wss" && u.host().is_some() => Some(u),
+            Some(Ok(_)) => {
+                problems.push("hub_url: must be a wss:// URL with a host".into());
+                None
+            }
+            Some(Err(e)) => {
+                problems.push(format!("hub_url: not a URL ({e})"));
+                None
+            }
+        };
+        let hostname = match raw.hostname.as_deref().map(Hostname::parse) {
+            None => None,
+            Some(Ok(h)) => Some(h),
+            Some(Err(e)) => {
+                problems.push(format!("hostname: {e}"));
+                None
+            }
+        };
+        let log_level = raw.log_level.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            problems.push(format!("log_level: '{log_level}' is not a tracing filter"));
+        }
+        if !problems.is_empty() {
+            bail!("{}", problems.join("; "));
+        }
+        let state_dir = raw
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let mut roles = raw.roles;
+        roles.sort();
+        roles.dedup();
+        Ok(AgentConfig {
+            key_file: raw
+                .key_file
+                .unwrap_or_else(|| state_dir.join(crate::state::KEY_FILE)),
+            cert_file: raw
+                .cert_file
+                .unwrap_or_else(|| state_dir.join(crate::state::CERT_FILE)),
+            ca_file: raw
+                .ca_file
+                .unwrap_or_else(|| state_dir.join(crate::state::CA_FILE)),
+            journal_file: raw
+                .journal_file
+                .unwrap_or_else(|| state_dir.join(crate::journal::JOURNAL_FILE)),
+            state_dir,
+            hub_url,
+            hostname,
+            roles,
+            heartbeat_interval,
+            metrics_interval,
+            log_level,
+            reconnect_min,
+            reconnect_max,
+            shutdown_timeout,
+            renew_before,
+        })
+    }
+}
+
+/// `500ms`, `15s`, `5m`, `2h`, `7d`, or a bare number of seconds.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{v}' is not a duration like 15s, 5m or 500ms"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        _ => return Err(format!("'{v}' is not a duration like 15s, 5m or 500ms")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_packaged_config_is_accepted() {
+        let packaged = include_str!("../../packaging/agent/agent.toml");
+        let c = AgentConfig::parse(packaged).expect("packaging/agent/agent.toml parses");
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert!(c.roles.is_empty());
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = AgentConfig::parse("").unwrap();
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(
+            c.key_file,
+            PathBuf::from(DEFAULT_STATE_DIR).join("agent.key")
+        );
+        assert!(c.roles.is_empty() && c.hub_url.is_none());
+
+        let c = AgentConfig::parse(
+            r#"
+            state_dir = "/tmp/x"
+            hub_url = "wss://127.0.0.1:9000"
+            roles = ["web", "dns", "web"]
+            metrics_interval = "2s"
+            ca_file = "/etc/ca.crt"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.journal_file, PathBuf::from("/tmp/x/journal.jsonl"));
+        assert_eq!(c.ca_file, PathBuf::from("/etc/ca.crt"));
+        assert_eq!(c.roles, [Role::Web, Role::Dns]);
+        assert_eq!(c.metrics_interval, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_bad_values() {
+        assert!(AgentConfig::parse("rolez = []").is_err());
+        assert!(AgentConfig::parse("roles = [\"ftp\"]").is_err());
+        let err = AgentConfig::parse(
+            "hub_url = \"http://x\"\nheartbeat_interval = \"0s\"\nreconnect_max = \"soon\"",
+        )
+        .unwrap_err()
+        .to_string();
+        for name in ["hub_url", "heartbeat_interval", "reconnect_max"] {
+            assert!(err.contains(name), "{err}");
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! The executors: one function per command, and [`execute`], the one place that checks the
+//! role a command needs before running it.
+//!
+//! Adding a command (the provisioning issue will) is one function here and one arm in
+//! [`execute`]. Executors must be idempotent: the journal answers re-sent ids, but a crash
+//! between acting and journaling still repeats the command.
+
+use mpanel_protocol::messages::{Command, Outcome, Ping, Pong, Role};
+
+/// Runs `command` if this agent serves the role it needs; otherwise an error outcome with
+/// code `role_not_served` (not retryable: sending it again here cannot succeed).
+pub async fn execute(command: &Command, roles: &[Role]) -> Outcome {
+    if let Some(role) = command.required_role()
+        && !roles.contains(&role)
+    {
+        return Outcome::error(
+            "role_not_served",
+            &format!(
+                "this agent does not serve the '{role}' role that '{}' needs",
+                command.kind()
+            ),
+            false,
+        );
+    }
+    match command {
+        Command::Ping(ping) => self::ping(ping).await,
+    }
+}
+
+async fn ping(ping: &Ping) -> Outcome {
+    Outcome::ok(&Pong {
+        echo: ping.echo.clone(),
+    })
+    .unwrap_or_else(|e| Outcome::error("internal", &e.to_string(), false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mpanel_protocol::messages::Text;
+
+    #[tokio::test]
+    async fn ping_echoes() {
+        let cmd = Command::Ping(Ping {
+            echo: Text::parse("hello").unwrap(),
+        });
+        let out = execute(&cmd, &[]).await;
+        assert_eq!(
+            out.output::<Ping>().unwrap().unwrap().echo.as_str(),
+            "hello"
+        );
+    }
+}

@@ -1,0 +1,567 @@
+//! The fleet hub: the agents' mTLS WebSocket endpoint, on its own listener
+//! (`AGENT_LISTEN_ADDR`).
+//!
+//! One task per connection (mini-redis' `Listener` + `Handler`): TLS handshake (client
+//! certificate required, see [`super::tls`]), WebSocket upgrade, `Hello` → checks →
+//! `Welcome`, then one `select!` loop over the agent's frames, what the rest of the panel
+//! asks ([`Outbound`]), our heartbeat tick, the peer's silence deadline and shutdown.
+//!
+//! Invariants:
+//! - The agent's identity is its certificate's, nothing else: `Hello` carries none. After
+//!   the handshake the certificate serial and the agent are checked again in PostgreSQL
+//!   (not revoked, server not deleted), so a revocation made by another replica is honoured
+//!   even before this replica's cache of revoked serials catches up.
+//! - One connection per server: a newer one replaces the older, which gets a Goodbye.
+//! - A peer silent for two heartbeat intervals is dropped and its server marked offline
+//!   (unless a newer connection already took its place).
+//! - Nothing is ever written to the socket without a time limit, so a peer that stops
+//!   reading cannot pin a task forever.
+//!
+//! **Memory per connection** (the target is 10,000 agents on a 2-core panel). An idle
+//! connection holds: the rustls `ServerConnection` (~1 KiB of state; its incoming deframer
+//! buffer grows to one TLS record, at most ~16.6 KiB, while a record is being read, and its
+//! outgoing buffer holds only unsent records); tungstenite's read buffer, which it allocates
+//! eagerly at `read_buffer_size` — 128 KiB by default, hence [`ws_config`] sets 4 KiB, which
+//! alone saves ~1.2 GiB at 10,000 agents; no write buffer (`write_buffer_size` 0: frames go
+//! straight to TLS); a bounded `mpsc` (blocks of 32 slots, allocated on first use); the
+//! task's future (a few KiB); and a `ConnHandle` in the registry. That is roughly
+//! 10-30 KiB per idle agent, i.e. 100-300 MiB for 10,000, plus the kernel's socket buffers.
+//! A message is at most 256 KiB (`MAX_MESSAGE_BYTES`), so the worst transient is bounded
+//! too. TLS session resumption is off, so no session cache grows with the fleet.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
+use mpanel_protocol::messages::{
+    AgentMessage, Hello, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, PanelMessage, Text, Welcome,
+};
+use serde_json::json;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, mpsc},
+    time::{Instant, timeout},
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, protocol::WebSocketConfig},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::{
+    ca::AGENT_CERT_VALIDITY,
+    dispatch::{ConnHandle, Outbound},
+    presence,
+    tls::{self, PeerIdentity},
+};
+use crate::{
+    app::AppState,
+    audit::{self, Entry},
+};
+
+/// Connections held at once; above it new ones wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 20_000;
+/// TLS handshake, WebSocket upgrade and `Hello` together.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Capacity of a connection's outbound queue (commands, close requests).
+const OUTBOUND_CAPACITY: usize = 32;
+/// The fewest seconds between two stored metrics reports of one server.
+const MIN_METRICS_GAP: Duration = Duration::from_secs(1);
+/// Renewals one connection may ask for (a sane agent needs one).
+const MAX_RENEWALS_PER_CONNECTION: u32 = 2;
+
+/// Small buffers and the protocol's message limit; see the module docs for the arithmetic.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_MESSAGE_BYTES + 64 * 1024)
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+}
+
+/// The bound listener, ready to [`Hub::run`].
+pub struct Hub {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+/// The names the hub's certificate is valid for: the host of `AGENT_PUBLIC_URL` and
+/// loopback (tests and a local nginx).
+fn hub_names(state: &AppState) -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    match state.config.fleet.public_url.host() {
+        Some(url::Host::Domain(d)) => names.push(d.to_owned()),
+        Some(url::Host::Ipv4(ip)) => names.push(ip.to_string()),
+        Some(url::Host::Ipv6(ip)) => names.push(ip.to_string()),
+        None => {}
+    }
+    let ip = state.config.fleet.listen_addr.ip();
+    if !ip.is_unspecified() {
+        names.push(ip.to_string());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+impl Hub {
+    pub async fn bind(state: &AppState) -> anyhow::Result<Hub> {
+        let revoked = state.fleet.revoked.reload(&state.db).await?;
+        tracing::debug!(revoked, "loaded revoked agent certificates");
+        let config = tls::server_config(&state.ca, &hub_names(state), state.fleet.revoked.clone())?;
+        let addr = state.config.fleet.listen_addr;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (AGENT_LISTEN_ADDR)"))?;
+        Ok(Hub {
+            listener,
+            acceptor: TlsAcceptor::from(config),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Accepts agents until `shutdown`, then says Goodbye to every one of them and waits (up
+    /// to `SHUTDOWN_TIMEOUT`) for their tasks.
+    pub async fn run(self, state: AppState, shutdown: CancellationToken) {
+        let addr = self.local_addr();
+        tracing::info!(addr = %addr, "fleet hub listening");
+        let tracker = TaskTracker::new();
+        tracker.spawn(presence::maintenance(state.clone(), shutdown.clone()));
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "fleet hub accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = self.acceptor.clone();
+            let state = state.clone();
+            let shutdown = shutdown.clone();
+            let span = tracing::info_span!("agent_conn", peer = %peer, agent_id = tracing::field::Empty, server_id = tracing::field::Empty);
+            tracker.spawn(
+                async move {
+                    if let Err(e) = handle(tcp, acceptor, state, shutdown).await {
+                        tracing::info!(error = format!("{e:#}"), "agent connection ended");
+                    }
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+        drop(self.listener);
+        tracker.close();
+        let grace = state.config.shutdown_timeout;
+        if timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!("agent connections did not close in time");
+        }
+        tracing::info!("fleet hub stopped");
+    }
+}
+
+type Ws = WebSocketStream<TlsStream<TcpStream>>;
+
+/// What the database says about the agent of a certificate.
+#[derive(sqlx::FromRow)]
+struct AgentRow {
+    tenant_id: Uuid,
+    server_id: Uuid,
+    agent_revoked: bool,
+    server_deleted: bool,
+    cert_known: bool,
+    cert_revoked: bool,
+}
+
+async fn handle(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (mut ws, peer, hello) = timeout(HANDSHAKE_TIMEOUT, async {
+        let tls = acceptor.accept(tcp).await.context("TLS handshake")?;
+        let cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .context("no client certificate")?;
+        let peer = tls::peer_identity(cert).context("the certificate names no agent")?;
+        let mut ws = tokio_tungstenite::accept_async_with_config(tls, Some(ws_config()))
+            .await
+            .context("WebSocket upgrade")?;
+        let hello = loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => match AgentMessage::decode(&t) {
+                    Ok(AgentMessage::Hello(h)) => break h,
+                    Ok(_) => anyhow::bail!("the first message was not hello"),
+                    Err(e) => anyhow::bail!("bad hello: {e}"),
+                },
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(_)) => anyhow::bail!("the first message was not hello"),
+                Some(Err(e)) => return Err(e).context("read hello"),
+                None => anyhow::bail!("closed before hello"),
+            }
+        };
+        Ok::<_, anyhow::Error>((ws, peer, hello))
+    })
+    .await
+    .context("handshake timed out")??;
+    let span = tracing::Span::current();
+    span.record("agent_id", tracing::field::display(peer.agent_id));
+
+    if hello.protocol_version != PROTOCOL_VERSION {
+        let reason = format!(
+            "protocol version {} is not supported; this panel speaks {PROTOCOL_VERSION}",
+            hello.protocol_version
+        );
+        goodbye(&mut ws, &reason).await;
+        anyhow::bail!(reason);
+    }
+    let row: Option<AgentRow> = sqlx::query_as(
+        "SELECT a.tenant_id, a.server_id, a.revoked_at IS NOT NULL AS agent_revoked,
+                s.deleted_at IS NOT NULL AS server_deleted,
+                c.id IS NOT NULL AS cert_known,
+                COALESCE(c.revoked_at IS NOT NULL, false) AS cert_revoked
+           FROM agents a
+           JOIN servers s ON s.id = a.server_id
+           LEFT JOIN agent_certificates c ON c.agent_id = a.id AND c.serial = $2
+          WHERE a.id = $1",
+    )
+    .bind(peer.agent_id)
+    .bind(&peer.serial_hex)
+    .fetch_optional(&state.db)
+    .await?;
+    let refusal = match &row {
+        None => Some("unknown agent"),
+        Some(r) if r.agent_revoked || r.cert_revoked => Some("revoked"),
+        Some(r) if !r.cert_known => Some("unknown certificate"),
+        Some(r) if r.server_deleted => Some("server deleted"),
+        Some(_) => None,
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!(reason, serial = %peer.serial_hex, "agent refused after the handshake");
+        if reason == "revoked" {
+            state.fleet.revoked.insert_all([peer.serial_hex.clone()]);
+        }
+        goodbye(&mut ws, reason).await;
+        anyhow::bail!("refused: {reason}");
+    }
+    let row = row.expect("checked above");
+    span.record("server_id", tracing::field::display(row.server_id));
+
+    let conn_id = state.fleet.next_conn_id();
+    let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let (old, resend) = state.fleet.register(
+        row.server_id,
+        ConnHandle {
+            conn_id,
+            agent_id: peer.agent_id,
+            serial_hex: peer.serial_hex.clone(),
+            tx,
+        },
+    );
+    if let Some(old) = old {
+        let _ = old
+            .tx
+            .try_send(Outbound::Close("replaced by a newer connection".into()));
+    }
+    let conn = Conn {
+        state: state.clone(),
+        peer,
+        tenant_id: row.tenant_id,
+        server_id: row.server_id,
+        conn_id,
+        version: hello.agent_version.as_str().to_owned(),
+        renewals: 0,
+        last_metrics: None,
+    };
+    let result = conn.serve(&mut ws, hello, resend, rx, &shutdown).await;
+    if state.fleet.unregister(row.server_id, conn_id) {
+        if let Err(e) = presence::mark_offline(&state, row.server_id).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "could not mark the server offline"
+            );
+        }
+        tracing::info!("agent disconnected; server offline");
+    }
+    // Close, then read what the peer already sent (bounded): closing a socket with unread
+    // data makes the kernel answer RST, which would destroy frames still queued towards the
+    // agent (a command it has yet to read after a stall).
+    let _ = timeout(Duration::from_secs(1), async {
+        let _ = ws.close(None).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    result
+}
+
+/// Best effort: the peer may already be gone.
+async fn goodbye(ws: &mut Ws, reason: &str) {
+    let reason = Text::parse(reason.chars().take(1024).collect::<String>())
+        .unwrap_or_else(|_| Text::parse("closing").expect("short"));
+    if let Ok(text) = (PanelMessage::Goodbye { reason }).encode() {
+        let _ = timeout(Duration::from_secs(2), ws.send(Message::text(text))).await;
+    }
+    let _ = timeout(Duration::from_secs(2), ws.close(None)).await;
+}
+
+struct Conn {
+    state: AppState,
+    peer: PeerIdentity,
+    tenant_id: Uuid,
+    server_id: Uuid,
+    conn_id: u64,
+    version: String,
+    renewals: u32,
+    last_metrics: Option<Instant>,
+}
+
+impl Conn {
+    async fn send(&self, ws: &mut Ws, msg: &PanelMessage) -> anyhow::Result<()> {
+        let text = msg.encode()?;
+        let limit = self.state.config.fleet.heartbeat_interval * 2;
+        timeout(limit, ws.send(Message::text(text)))
+            .await
+            .context("the agent stopped reading")?
+            .context("write to the agent")
+    }
+
+    async fn serve(
+        mut self,
+        ws: &mut Ws,
+        hello: Hello,
+        resend: Vec<mpanel_protocol::messages::CommandEnvelope>,
+        mut rx: mpsc::Receiver<Outbound>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let heartbeat = self.state.config.fleet.heartbeat_interval;
+        let fleet_cfg = &self.state.config.fleet;
+        presence::mark_online(
+            &self.state,
+            self.server_id,
+            self.peer.agent_id,
+            self.conn_id,
+            &hello,
+        )
+        .await?;
+        let welcome = PanelMessage::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            agent_id: self.peer.agent_id,
+            server_id: self.server_id,
+            heartbeat_secs: u32::try_from(heartbeat.as_secs().max(1)).unwrap_or(u32::MAX),
+            metrics_secs: u32::try_from(fleet_cfg.metrics_interval.as_secs().max(1))
+                .unwrap_or(u32::MAX),
+        });
+        self.send(ws, &welcome).await?;
+        tracing::info!(
+            version = %hello.agent_version,
+            hostname = %hello.hostname,
+            resent = resend.len(),
+            "agent connected"
+        );
+        for envelope in resend {
+            self.send(ws, &PanelMessage::Command(envelope)).await?;
+        }
+
+        let mut tick = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let silence = heartbeat * 2;
+        let mut last_heard = Instant::now();
+        let mut last_db_touch = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    goodbye(ws, "panel shutting down").await;
+                    return Ok(());
+                }
+                out = rx.recv() => match out {
+                    Some(Outbound::Send(msg)) => self.send(ws, &msg).await?,
+                    Some(Outbound::Close(reason)) => {
+                        tracing::info!(reason = %reason, "closing the agent's connection");
+                        goodbye(ws, &reason).await;
+                        return Ok(());
+                    }
+                    None => return Ok(()),
+                },
+                _ = tick.tick() => {
+                    self.send(ws, &PanelMessage::Heartbeat { sent_at: chrono::Utc::now() }).await?;
+                }
+                _ = tokio::time::sleep_until(last_heard + silence) => {
+                    tracing::warn!(silent_secs = silence.as_secs_f64(), "agent silent for two heartbeat intervals; dropping it");
+                    anyhow::bail!("agent silent");
+                }
+                frame = ws.next() => {
+                    let text = match frame {
+                        None => return Ok(()),
+                        Some(Err(e)) => return Err(e).context("read from the agent"),
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                            last_heard = Instant::now();
+                            continue;
+                        }
+                        Some(Ok(Message::Close(_))) => return Ok(()),
+                        Some(Ok(_)) => {
+                            goodbye(ws, "binary frames are not part of the protocol").await;
+                            anyhow::bail!("binary frame");
+                        }
+                    };
+                    last_heard = Instant::now();
+                    presence::touch_redis(&self.state, self.server_id, self.peer.agent_id, self.conn_id, &self.version).await;
+                    if last_db_touch.elapsed() >= presence::DB_TOUCH_EVERY {
+                        last_db_touch = Instant::now();
+                        if let Err(e) = presence::touch_db(&self.state, self.server_id, self.peer.agent_id).await {
+                            tracing::warn!(error = format!("{e:#}"), "presence update failed");
+                        }
+                    }
+                    match AgentMessage::decode(&text) {
+                        Ok(msg) => self.on_message(ws, msg).await?,
+                        Err(e) => {
+                            // A peer that speaks garbage is not worth keeping.
+                            goodbye(ws, "malformed message").await;
+                            anyhow::bail!("malformed message: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_message(&mut self, ws: &mut Ws, msg: AgentMessage) -> anyhow::Result<()> {
+        match msg {
+            AgentMessage::Hello(_) => tracing::debug!("ignored a second hello"),
+            AgentMessage::Heartbeat { .. } => {}
+            AgentMessage::Accepted { command_id } => {
+                self.state.fleet.accepted(self.server_id, command_id);
+            }
+            AgentMessage::Progress {
+                command_id,
+                message,
+                percent,
+            } => {
+                tracing::debug!(%command_id, percent = percent.map(|p| p.get()), message = %message, "command progress");
+            }
+            AgentMessage::Result {
+                command_id,
+                outcome,
+            } => {
+                if !self
+                    .state
+                    .fleet
+                    .complete(self.server_id, command_id, outcome)
+                {
+                    tracing::debug!(%command_id, "result for a command nobody waits for");
+                }
+            }
+            AgentMessage::Metrics(report) => {
+                if self
+                    .last_metrics
+                    .is_some_and(|t| t.elapsed() < MIN_METRICS_GAP)
+                {
+                    return Ok(());
+                }
+                self.last_metrics = Some(Instant::now());
+                if let Err(e) =
+                    presence::store_metrics(&self.state, self.tenant_id, self.server_id, &report)
+                        .await
+                {
+                    tracing::warn!(error = format!("{e:#}"), "could not store metrics");
+                }
+            }
+            AgentMessage::RenewCertificate { csr_pem } => {
+                if self.renewals >= MAX_RENEWALS_PER_CONNECTION {
+                    tracing::warn!("refused a renewal: too many on this connection");
+                    return Ok(());
+                }
+                self.renewals += 1;
+                match self.renew(csr_pem.as_str()).await {
+                    Ok(pem) => {
+                        let certificate_pem = Text::parse(pem)
+                            .map_err(|e| anyhow::anyhow!("renewed certificate: {e}"))?;
+                        self.send(ws, &PanelMessage::CertificateRenewed { certificate_pem })
+                            .await?;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = format!("{e:#}"), "certificate renewal refused");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs a new certificate with the same identity for the CSR's key and records it.
+    async fn renew(&self, csr_pem: &str) -> anyhow::Result<String> {
+        let signed = self
+            .state
+            .ca
+            .sign_agent_csr(
+                csr_pem,
+                self.peer.agent_id,
+                self.server_id,
+                AGENT_CERT_VALIDITY,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut tx = self.state.db.begin().await?;
+        sqlx::query(
+            "INSERT INTO agent_certificates (agent_id, serial, fingerprint_sha256, not_before, not_after)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(self.peer.agent_id)
+        .bind(&signed.serial_hex)
+        .bind(&signed.fingerprint_sha256)
+        .bind(signed.not_before)
+        .bind(signed.not_after)
+        .execute(&mut *tx)
+        .await?;
+        audit::record(
+            &mut tx,
+            Entry {
+                tenant_id: self.tenant_id,
+                user_id: None,
+                action: "agent.certificate.renew",
+                client: None,
+                details: json!({
+                    "agentId": self.peer.agent_id,
+                    "serverId": self.server_id,
+                    "previousSerial": self.peer.serial_hex,
+                    "serial": signed.serial_hex,
+                    "fingerprint": signed.fingerprint_sha256,
+                    "notAfter": signed.not_after,
+                }),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(serial = %signed.serial_hex, not_after = %signed.not_after, "agent certificate renewed");
+        Ok(signed.pem)
+    }
+}

@@ -1,0 +1,244 @@
+//! Presence and health of servers, as the hub learns them from their agents.
+//!
+//! - **Redis** `<prefix>fleet:presence:<server_id>` = `{"agentId","version","connId",…}` with
+//!   a TTL of three heartbeat intervals, refreshed on every heartbeat: it disappears by itself
+//!   when the replica holding the connection dies.
+//! - **PostgreSQL** `servers.agent_online/agent_version/last_seen_at` and
+//!   `agents.last_seen_at/version/hostname/roles`: set on connect and disconnect, and
+//!   `last_seen_at` refreshed at most every [`DB_TOUCH_EVERY`] while connected (10,000
+//!   agents heartbeating every 15 s would otherwise be ~670 row updates a second).
+//! - `server_metrics`: one row per accepted report, at most one per second per server, kept
+//!   for `AGENT_METRICS_RETENTION` and at most [`MAX_SAMPLES_PER_SERVER`] per server.
+//!
+//! The maintenance loop prunes metrics, reloads the revoked serials and marks offline the
+//! servers whose `last_seen_at` went stale (their replica died without saying so).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use mpanel_protocol::messages::{Hello, MetricsReport, Role};
+use redis::AsyncCommands;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{app::AppState, model::ServerRole};
+
+/// How often a connected server's `last_seen_at` is written to PostgreSQL.
+pub const DB_TOUCH_EVERY: Duration = Duration::from_secs(30);
+/// Most samples kept per server (a week at one every 30 s).
+pub const MAX_SAMPLES_PER_SERVER: i64 = 20_160;
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
+
+pub fn presence_key(state: &AppState, server_id: Uuid) -> String {
+    state.redis.key(&format!("fleet:presence:{server_id}"))
+}
+
+fn ttl_secs(state: &AppState) -> u64 {
+    (state.config.fleet.heartbeat_interval.as_secs() * 3).max(3)
+}
+
+/// The server roles an agent's protocol roles stand for.
+pub fn server_roles(roles: &[Role]) -> Vec<ServerRole> {
+    let mut out: Vec<ServerRole> = roles
+        .iter()
+        .map(|r| match r {
+            Role::Web => ServerRole::Web,
+            Role::Dns => ServerRole::Dns,
+            Role::Mail => ServerRole::Mail,
+            Role::Db => ServerRole::Db,
+            Role::Backup => ServerRole::Storage,
+        })
+        .collect();
+    out.dedup();
+    out
+}
+
+/// The connection is accepted: the server is online.
+pub async fn mark_online(
+    state: &AppState,
+    server_id: Uuid,
+    agent_id: Uuid,
+    conn_id: u64,
+    hello: &Hello,
+) -> anyhow::Result<()> {
+    let version = hello.agent_version.as_str();
+    let mut tx = state.db.begin().await?;
+    sqlx::query(
+        "UPDATE servers SET agent_online = true, agent_version = $2, last_seen_at = now()
+          WHERE id = $1",
+    )
+    .bind(server_id)
+    .bind(version)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE agents SET last_seen_at = now(), version = $2, hostname = $3, roles = $4
+          WHERE id = $1",
+    )
+    .bind(agent_id)
+    .bind(version)
+    .bind(hello.hostname.as_str())
+    .bind(server_roles(&hello.roles))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    touch_redis(state, server_id, agent_id, conn_id, version).await;
+    Ok(())
+}
+
+/// Refreshes the Redis presence key; a Redis outage is logged, not fatal.
+pub async fn touch_redis(
+    state: &AppState,
+    server_id: Uuid,
+    agent_id: Uuid,
+    conn_id: u64,
+    version: &str,
+) {
+    let value = json!({
+        "agentId": agent_id,
+        "version": version,
+        "connId": conn_id,
+        "pid": std::process::id(),
+        "lastSeenAt": Utc::now(),
+    })
+    .to_string();
+    let mut conn = state.redis.conn();
+    let r: redis::RedisResult<()> = conn
+        .set_ex(presence_key(state, server_id), value, ttl_secs(state))
+        .await;
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "presence: Redis unavailable");
+    }
+}
+
+pub async fn touch_db(state: &AppState, server_id: Uuid, agent_id: Uuid) -> anyhow::Result<()> {
+    sqlx::query("UPDATE servers SET last_seen_at = now(), agent_online = true WHERE id = $1")
+        .bind(server_id)
+        .execute(&state.db)
+        .await?;
+    sqlx::query("UPDATE agents SET last_seen_at = now() WHERE id = $1")
+        .bind(agent_id)
+        .execute(&state.db)
+        .await?;
+    Ok(())
+}
+
+/// The connection ended and no newer one replaced it: the server is offline.
+pub async fn mark_offline(state: &AppState, server_id: Uuid) -> anyhow::Result<()> {
+    sqlx::query("UPDATE servers SET agent_online = false, last_seen_at = now() WHERE id = $1")
+        .bind(server_id)
+        .execute(&state.db)
+        .await?;
+    let mut conn = state.redis.conn();
+    let r: redis::RedisResult<()> = conn.del(presence_key(state, server_id)).await;
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "presence: Redis unavailable");
+    }
+    Ok(())
+}
+
+/// Stores one report. `collected_at` comes from the agent's clock: one far from ours is
+/// replaced by ours, so a wrong clock cannot hide samples from the history or the pruning.
+pub async fn store_metrics(
+    state: &AppState,
+    tenant_id: Uuid,
+    server_id: Uuid,
+    m: &MetricsReport,
+) -> anyhow::Result<()> {
+    let now = Utc::now();
+    let collected_at: DateTime<Utc> = if (m.collected_at - now).num_seconds().abs() > 300 {
+        now
+    } else {
+        m.collected_at
+    };
+    let finite = |v: f64| v.is_finite().then_some(v as f32);
+    sqlx::query(
+        "INSERT INTO server_metrics (tenant_id, server_id, collected_at, cpu_percent,
+             memory_used_bytes, memory_total_bytes, load1, load5, load15, uptime_secs, disks,
+             services)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(tenant_id)
+    .bind(server_id)
+    .bind(collected_at)
+    .bind(finite(f64::from(m.cpu_percent)))
+    .bind(i64::try_from(m.memory_used_bytes).unwrap_or(i64::MAX))
+    .bind(i64::try_from(m.memory_total_bytes).unwrap_or(i64::MAX))
+    .bind(finite(m.load1))
+    .bind(finite(m.load5))
+    .bind(finite(m.load15))
+    .bind(i64::try_from(m.uptime_secs).unwrap_or(i64::MAX))
+    .bind(serde_json::to_value(&m.disks)?)
+    .bind(serde_json::to_value(&m.services)?)
+    .execute(&state.db)
+    .await
+    .context("store metrics")?;
+    Ok(())
+}
+
+/// Deletes samples past retention and beyond the per-server cap; returns how many.
+pub async fn prune_metrics(state: &AppState) -> anyhow::Result<u64> {
+    let retention = chrono::Duration::from_std(state.config.fleet.metrics_retention)?;
+    let old = sqlx::query("DELETE FROM server_metrics WHERE collected_at < $1")
+        .bind(Utc::now() - retention)
+        .execute(&state.db)
+        .await?
+        .rows_affected();
+    let over = sqlx::query(
+        "DELETE FROM server_metrics WHERE id IN (
+             SELECT id FROM (
+                 SELECT id, row_number() OVER (PARTITION BY server_id ORDER BY collected_at DESC) AS n
+                   FROM server_metrics) ranked
+              WHERE n > $1)",
+    )
+    .bind(MAX_SAMPLES_PER_SERVER)
+    .execute(&state.db)
+    .await?
+    .rows_affected();
+    Ok(old + over)
+}
+
+/// Servers marked online whose `last_seen_at` stopped moving: whoever held them is gone.
+/// Servers connected to this replica are left alone.
+async fn sweep_stale(state: &AppState) -> anyhow::Result<()> {
+    let stale =
+        chrono::Duration::from_std(DB_TOUCH_EVERY * 3 + state.config.fleet.heartbeat_interval * 2)?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM servers
+          WHERE agent_online AND (last_seen_at IS NULL OR last_seen_at < $1)",
+    )
+    .bind(Utc::now() - stale)
+    .fetch_all(&state.db)
+    .await?;
+    for id in ids {
+        if !state.fleet.is_connected(id) {
+            tracing::info!(server_id = %id, "server's agent fell silent; marked offline");
+            mark_offline(state, id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Prunes, refreshes the revocation cache and sweeps stale presence until `shutdown`.
+pub async fn maintenance(state: AppState, shutdown: CancellationToken) {
+    loop {
+        match state.fleet.revoked.reload(&state.db).await {
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "reload revoked serials failed"),
+        }
+        if let Err(e) = sweep_stale(&state).await {
+            tracing::warn!(error = format!("{e:#}"), "presence sweep failed");
+        }
+        match prune_metrics(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "pruned server metrics"),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "metrics pruning failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(MAINTENANCE_EVERY) => {}
+        }
+    }
+}
