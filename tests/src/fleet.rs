@@ -189,6 +189,19 @@ impl AgentProc {
             .count()
     }
 
+    /// Waits (30 s at most) until at least `n` log lines contain every one of `needles`, and
+    /// returns how many do: the agent's stderr is read by a task that may lag behind it, so
+    /// "exactly n" is asserted on this, not on an immediate count.
+    pub async fn wait_count(&self, needles: &[&str], n: usize) -> usize {
+        crate::wait_for(
+            &format!("{n} agent log line(s) with {needles:?}"),
+            Duration::from_secs(30),
+            || async { (self.count(needles) >= n).then_some(()) },
+        )
+        .await;
+        self.count(needles)
+    }
+
     /// The agent's journal, one JSON value per entry.
     pub fn journal(&self) -> Vec<Value> {
         read_jsonl(&self.state_dir().join("journal.jsonl"))

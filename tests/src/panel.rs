@@ -272,6 +272,19 @@ impl TestApp {
         serde_json::from_slice(&out.stdout).expect("create-admin prints JSON")
     }
 
+    /// Sends `signal` to the running panel (SIGSTOP makes it a silent peer).
+    pub fn signal(&self, signal: i32) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("panel is running") as i32;
+        // SAFETY: kill(2) on our own child's pid with a valid signal number.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns its exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("panel is running");

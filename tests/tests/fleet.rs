@@ -228,7 +228,7 @@ async fn agents_connect_report_health_answer_pings_and_revoked_ones_are_cut_off(
         (a_web.journal().len() == 1).then_some(())
     })
     .await;
-    assert_eq!(a_web.count(&["executing command"]), 1);
+    assert_eq!(a_web.wait_count(&["executing command"], 1).await, 1);
     authed(&app, &reader)
         .post(&format!("/api/servers/{web}/ping"), &json!({}))
         .await
@@ -282,7 +282,12 @@ async fn agents_connect_report_health_answer_pings_and_revoked_ones_are_cut_off(
         || async { (a_dns.count(&["connection to the hub failed"]) >= 2).then_some(()) },
     )
     .await;
-    assert!(a_dns.count(&["the hub said goodbye", "revoked"]) >= 1);
+    assert!(
+        a_dns
+            .wait_count(&["the hub said goodbye", "revoked"], 1)
+            .await
+            >= 1
+    );
     assert_eq!(server_row(&app, &admin, &dns).await["agentOnline"], false);
     let dns_cert = (
         der_of(&std::fs::read_to_string(a_dns.state_dir().join("agent.crt")).unwrap()),
@@ -322,7 +327,11 @@ async fn agents_connect_report_health_answer_pings_and_revoked_ones_are_cut_off(
         .expect(200);
     let status = a_web.terminate().await;
     assert!(status.success(), "{status:?}");
-    assert!(a_web.count(&["agent stopped"]) == 1);
+    // The log reader may still be draining the pipe after the exit.
+    wait_for("the agent's clean-stop log line", WAIT, || async {
+        (a_web.count(&["agent stopped"]) == 1).then_some(())
+    })
+    .await;
     wait_online(&app, &admin, &web, false).await;
     a_dns.kill().await;
     app.cleanup().await;
@@ -391,7 +400,7 @@ async fn pending_commands_survive_a_killed_agent_and_silent_agents_go_offline() 
         (agent.journal().len() == 1).then_some(())
     })
     .await;
-    assert_eq!(agent.count(&["executing command"]), 1);
+    assert_eq!(agent.wait_count(&["executing command"], 1).await, 1);
 
     // Silent (SIGSTOP): the panel drops it within about two heartbeat intervals and marks
     // the server offline. A ping sent just before is in the agent's socket: on SIGCONT the
@@ -413,10 +422,114 @@ async fn pending_commands_survive_a_killed_agent_and_silent_agents_go_offline() 
     assert_eq!(res.status(), 200, "{:?}", res.text().await);
     wait_online(&app, &admin, &server, true).await;
     assert_eq!(agent.journal().len(), 2);
-    assert_eq!(agent.count(&["executing command"]), 2);
-    assert_eq!(agent.count(&["command answered from the journal"]), 1);
+    assert_eq!(agent.wait_count(&["executing command"], 2).await, 2);
+    assert_eq!(
+        agent
+            .wait_count(&["command answered from the journal"], 1)
+            .await,
+        1
+    );
 
     let status = agent.terminate().await;
     assert!(status.success(), "{status:?}");
+    app.cleanup().await;
+}
+
+/// A free loopback port, so that a restarted panel's hub listens where agents dial.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `delay_ms` values of the agent's "reconnecting" log lines.
+fn reconnect_delays(agent: &AgentProc) -> Vec<u64> {
+    agent
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("reconnecting"))
+        .filter_map(|l| {
+            let rest = l.split("delay_ms=").nth(1)?;
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn agents_drop_a_silent_panel_and_come_back_after_a_restart() {
+    let hub_port = free_port();
+    let listen = format!("127.0.0.1:{hub_port}");
+    let mut env = FAST.to_vec();
+    env.push(("AGENT_LISTEN_ADDR", listen.as_str()));
+    let mut app = TestApp::spawn_with(&env).await;
+    let acme = org_with_roles(&app, "acme", &["SUPER_ADMIN"]).await;
+    let admin = acme.super_admin().token().to_owned();
+    let server = create_server(&app, &admin, "srv3-web").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hub = hub_addr(&app).await;
+    assert_eq!(hub.port(), hub_port);
+    let mut agent = AgentProc::enroll(
+        &app,
+        "srv3-web",
+        &enrollment_token(&app, &admin, &server).await,
+    )
+    .await;
+    agent.configure(hub, "roles = [\"web\"]"); // back-off 200ms..2s
+    agent.start();
+    wait_online(&app, &admin, &server, true).await;
+
+    // Half-dead link, agent side: the panel stops answering (SIGSTOP keeps its sockets open,
+    // the classic "looks connected, never answers"). The agent gives up on it within about
+    // two heartbeat intervals and starts dialling again.
+    app.signal(libc::SIGSTOP);
+    let stopped = std::time::Instant::now();
+    wait_for("the agent to notice the silent panel", WAIT, || async {
+        (agent.count(&["silent for two heartbeat intervals"]) >= 1).then_some(())
+    })
+    .await;
+    let noticed = stopped.elapsed();
+    assert!(
+        noticed < Duration::from_secs(6),
+        "a silent panel must be noticed within about two 1s heartbeats, took {noticed:?}"
+    );
+    app.signal(libc::SIGCONT);
+    wait_for(
+        "the agent to reconnect after the panel resumed",
+        WAIT,
+        || async { (agent.count(&["connected to the hub"]) >= 2).then_some(()) },
+    )
+    .await;
+    wait_online(&app, &admin, &server, true).await;
+
+    // A panel restart: the agent dials with back-off (jittered, growing) until the new
+    // process listens on the same address, then is online again without any help.
+    app.terminate().await;
+    let before = reconnect_delays(&agent).len();
+    wait_for(
+        "a few reconnect attempts against the stopped panel",
+        WAIT,
+        || async { (reconnect_delays(&agent).len() >= before + 3).then_some(()) },
+    )
+    .await;
+    app.start().await;
+    wait_online(&app, &admin, &server, true).await;
+    let delays = reconnect_delays(&agent)[before..].to_vec();
+    assert!(
+        delays.iter().all(|d| *d <= 2_000),
+        "capped at reconnect_max: {delays:?}"
+    );
+    assert!(
+        delays.windows(2).any(|w| w[0] != w[1]),
+        "jittered delays differ: {delays:?}"
+    );
+
+    assert!(agent.terminate().await.success());
     app.cleanup().await;
 }
