@@ -212,6 +212,28 @@ const MATRIX: &[Route] = &[
         202,
         SUPPORT_WRITERS,
     ),
+    route(
+        "GET",
+        "/api/servers/{server}/health",
+        Body::None,
+        200,
+        READERS,
+    ),
+    // No agent is connected, so an allowed caller gets a clear 503 after the 1 s deadline.
+    route(
+        "POST",
+        "/api/servers/{server}/ping?timeoutSecs=1",
+        Body::None,
+        503,
+        WRITERS,
+    ),
+    route(
+        "POST",
+        "/api/agents/{agent}/revoke",
+        Body::None,
+        200,
+        SUPER_ADMIN_ONLY,
+    ),
 ];
 
 fn method(name: &str) -> Method {
@@ -220,6 +242,21 @@ fn method(name: &str) -> Method {
 
 /// The row a path needs, made by the SUPER_ADMIN: (path, GET path of the row).
 async fn prepare(app: &TestApp, root: &str, path: &str) -> (String, Option<String>) {
+    if path.contains("{agent}") {
+        // Agents have no GET route: revocation is checked through SQL by the fleet tests.
+        let server = id_of(&create_server(app, root, &unique("agent-host")).await);
+        let pool = app.db.pool().await;
+        let agent: uuid::Uuid = sqlx::query_scalar(
+            "INSERT INTO agents (tenant_id, server_id)
+             SELECT tenant_id, id FROM servers WHERE id = $1::uuid RETURNING id",
+        )
+        .bind(&server)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        return (path.replace("{agent}", &agent.to_string()), None);
+    }
     const PLACEHOLDERS: [(&str, &str); 9] = [
         ("{user}", "/api/users"),
         ("{server}", "/api/servers"),
