@@ -13,6 +13,11 @@
 //! reconnect_max = "60s"
 //! shutdown_timeout = "30s"
 //! # renew_before = "10d"                    # default: a third of the certificate's life
+//!
+//! [dns]                                     # the dns role's local PowerDNS HTTP API
+//! api_url = "http://127.0.0.1:8081/api/v1"  # the default
+//! api_key_file = "/etc/mpanel-agent/pdns-api-key"  # or api_key = "…" (not both)
+//! server_id = "localhost"                   # the default
 //! ```
 //!
 //! Unknown keys are refused (a typo must not silently mean "default"), and every value is
@@ -51,6 +56,130 @@ struct Raw {
     reconnect_max: Option<String>,
     shutdown_timeout: Option<String>,
     renew_before: Option<String>,
+    dns: Option<RawDns>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    api_url: Option<String>,
+    api_key: Option<String>,
+    api_key_file: Option<PathBuf>,
+    server_id: Option<String>,
+}
+
+/// The `[dns]` section: where the dns role finds the local PowerDNS HTTP API.
+#[derive(Clone)]
+pub struct DnsConfig {
+    /// Up to and including `/api/v1`.
+    pub api_url: Url,
+    pub api_key: DnsApiKey,
+    pub server_id: String,
+}
+
+/// Where the PowerDNS API key comes from. Never logged (`Debug` masks it).
+#[derive(Clone)]
+pub enum DnsApiKey {
+    Inline(String),
+    /// Read (and trimmed) each time it is needed, so a rotated key needs no restart.
+    File(PathBuf),
+}
+
+impl DnsApiKey {
+    pub fn read(&self) -> anyhow::Result<String> {
+        match self {
+            DnsApiKey::Inline(k) => Ok(k.clone()),
+            DnsApiKey::File(p) => {
+                let k = std::fs::read_to_string(p)
+                    .with_context(|| format!("read the PowerDNS API key file {}", p.display()))?;
+                let k = k.trim();
+                if k.is_empty() || k.chars().any(|c| c.is_control()) {
+                    bail!(
+                        "the PowerDNS API key file {} is empty or not one line",
+                        p.display()
+                    );
+                }
+                Ok(k.to_owned())
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for DnsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = match &self.api_key {
+            DnsApiKey::Inline(_) => "inline ***".to_owned(),
+            DnsApiKey::File(p) => format!("file {}", p.display()),
+        };
+        f.debug_struct("DnsConfig")
+            .field("api_url", &self.api_url.as_str())
+            .field("api_key", &key)
+            .field("server_id", &self.server_id)
+            .finish()
+    }
+}
+
+pub const DEFAULT_DNS_API_URL: &str = "http://127.0.0.1:8081/api/v1";
+
+fn parse_dns(raw: RawDns, problems: &mut Vec<String>) -> Option<DnsConfig> {
+    let api_url = match Url::parse(raw.api_url.as_deref().unwrap_or(DEFAULT_DNS_API_URL)) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && u.query().is_none()
+                && u.fragment().is_none()
+                && u.username().is_empty()
+                && u.password().is_none() =>
+        {
+            Some(u)
+        }
+        Ok(_) => {
+            problems.push(
+                "dns.api_url: must be an http(s) URL with a host and no query or credentials"
+                    .into(),
+            );
+            None
+        }
+        Err(e) => {
+            problems.push(format!("dns.api_url: not a URL ({e})"));
+            None
+        }
+    };
+    let api_key = match (raw.api_key, raw.api_key_file) {
+        (Some(_), Some(_)) => {
+            problems.push("dns: set api_key or api_key_file, not both".into());
+            None
+        }
+        (None, None) => {
+            problems.push("dns: api_key_file (or api_key) is required".into());
+            None
+        }
+        (Some(k), None) if k.trim().is_empty() || k.chars().any(|c| c.is_control()) => {
+            problems.push("dns.api_key: must be one non-empty line".into());
+            None
+        }
+        (Some(k), None) => Some(DnsApiKey::Inline(k.trim().to_owned())),
+        (None, Some(p)) if p.is_absolute() => Some(DnsApiKey::File(p)),
+        (None, Some(_)) => {
+            problems.push("dns.api_key_file: must be an absolute path".into());
+            None
+        }
+    };
+    let server_id = raw.server_id.unwrap_or_else(|| "localhost".into());
+    if server_id.is_empty()
+        || server_id.len() > 64
+        || !server_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        || server_id.starts_with('.')
+    {
+        problems.push("dns.server_id: 1-64 letters, digits, '-', '_' or '.'".into());
+    }
+    Some(DnsConfig {
+        api_url: api_url?,
+        api_key: api_key?,
+        server_id,
+    })
 }
 
 /// The checked configuration.
@@ -73,6 +202,8 @@ pub struct AgentConfig {
     pub reconnect_max: Duration,
     pub shutdown_timeout: Duration,
     pub renew_before: Option<Duration>,
+    /// The `[dns]` section; `None` when absent (the dns role then refuses its commands).
+    pub dns: Option<DnsConfig>,
 }
 
 impl AgentConfig {
@@ -88,7 +219,9 @@ impl AgentConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => String::new(),
             Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
         };
-        AgentConfig::parse(&text).with_context(|| format!("configuration {}", path.display()))
+        let config = AgentConfig::parse(&text)
+            .with_context(|| format!("configuration {}", path.display()))?;
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> anyhow::Result<AgentConfig> {
@@ -152,6 +285,7 @@ impl AgentConfig {
                 None
             }
         };
+        let dns = raw.dns.and_then(|d| parse_dns(d, &mut problems));
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             problems.push(format!("log_level: '{log_level}' is not a tracing filter"));
@@ -189,6 +323,7 @@ impl AgentConfig {
             reconnect_max,
             shutdown_timeout,
             renew_before,
+            dns,
         })
     }
 }
@@ -248,6 +383,38 @@ mod tests {
         assert_eq!(c.ca_file, PathBuf::from("/etc/ca.crt"));
         assert_eq!(c.roles, [Role::Web, Role::Dns]);
         assert_eq!(c.metrics_interval, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn dns_section() {
+        let c = AgentConfig::parse("roles = [\"dns\"]\n[dns]\napi_key_file = \"/etc/k\"").unwrap();
+        let dns = c.dns.unwrap();
+        assert_eq!(dns.api_url.as_str(), DEFAULT_DNS_API_URL);
+        assert_eq!(dns.server_id, "localhost");
+        assert!(matches!(&dns.api_key, DnsApiKey::File(p) if p == Path::new("/etc/k")));
+
+        let c = AgentConfig::parse(
+            "[dns]\napi_url = \"http://127.0.0.1:9/api/v1\"\napi_key = \"s3cret\"\nserver_id = \"x\"",
+        )
+        .unwrap();
+        let dns = c.dns.unwrap();
+        assert_eq!(dns.api_key.read().unwrap(), "s3cret");
+        assert!(!format!("{dns:?}").contains("s3cret"));
+
+        for bad in [
+            "[dns]",
+            "[dns]\napi_key = \"k\"\napi_key_file = \"/k\"",
+            "[dns]\napi_key_file = \"relative\"",
+            "[dns]\napi_key = \"k\"\napi_url = \"ftp://h/\"",
+            "[dns]\napi_key = \"k\"\nserver_id = \"../x\"",
+            "[dns]\napi_key = \"k\"\napi_ur = \"http://h/\"",
+        ] {
+            let err = AgentConfig::parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("dns") || err.contains("api_ur"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -5,13 +5,15 @@
 //! [`execute`]. Executors must be idempotent: the journal answers re-sent ids, but a crash
 //! between acting and journaling still repeats the command.
 
-use mpanel_protocol::messages::{Command, Outcome, Ping, Pong, Role};
+use mpanel_protocol::messages::{Command, Outcome, Ping, Pong};
+
+use crate::config::AgentConfig;
 
 /// Runs `command` if this agent serves the role it needs; otherwise an error outcome with
 /// code `role_not_served` (not retryable: sending it again here cannot succeed).
-pub async fn execute(command: &Command, roles: &[Role]) -> Outcome {
+pub async fn execute(command: &Command, config: &AgentConfig) -> Outcome {
     if let Some(role) = command.required_role()
-        && !roles.contains(&role)
+        && !config.roles.contains(&role)
     {
         return Outcome::error(
             "role_not_served",
@@ -24,6 +26,10 @@ pub async fn execute(command: &Command, roles: &[Role]) -> Outcome {
     }
     match command {
         Command::Ping(ping) => self::ping(ping).await,
+        Command::SyncDnsZone(cmd) => crate::roles::dns::sync_zone(cmd, config.dns.as_ref()).await,
+        Command::DeleteDnsZone(cmd) => {
+            crate::roles::dns::delete_zone(cmd, config.dns.as_ref()).await
+        }
     }
 }
 
@@ -44,7 +50,7 @@ mod tests {
         let cmd = Command::Ping(Ping {
             echo: Text::parse("hello").unwrap(),
         });
-        let out = execute(&cmd, &[]).await;
+        let out = execute(&cmd, &AgentConfig::parse("").unwrap()).await;
         assert_eq!(
             out.output::<Ping>().unwrap().unwrap().echo.as_str(),
             "hello"

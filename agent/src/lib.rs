@@ -21,6 +21,7 @@ pub mod enroll;
 pub mod executors;
 pub mod journal;
 pub mod metrics;
+pub mod roles;
 pub mod run;
 pub mod state;
 

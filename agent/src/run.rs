@@ -114,6 +114,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         None => Url::parse(&record.hub_url).context("the hub URL in enrollment.json")?,
     };
     let journal = Journal::open(&config.journal_file)?;
+    if config.roles.contains(&mpanel_protocol::messages::Role::Dns) {
+        let dns = config.dns.clone();
+        tokio::spawn(async move { crate::roles::dns::check_at_start(dns.as_ref()).await });
+    }
     let hostname = match &config.hostname {
         Some(h) => h.clone(),
         None => enroll::system_hostname()
@@ -471,7 +475,7 @@ fn on_command(agent: &Arc<Agent>, envelope: CommandEnvelope, draining: bool) -> 
     agent.tracker.spawn(async move {
         let kind = envelope.command.kind();
         tracing::info!(%command_id, kind, "executing command");
-        let outcome = executors::execute(&envelope.command, &agent2.config.roles).await;
+        let outcome = executors::execute(&envelope.command, &agent2.config).await;
         let recorded = agent2
             .journal
             .lock()

@@ -4,6 +4,7 @@
 //! agent with one set of rules; [`messages`] holds the versioned messages of the panel–agent
 //! protocol and of enrollment.
 
+pub mod dns;
 pub mod messages;
 pub mod values;
 

@@ -31,6 +31,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
+use crate::dns::{DeleteDnsZone, SyncDnsZone};
+
 /// The version of this protocol. Bump it when a change is not backwards compatible (a new
 /// required field, a changed meaning); a new message or command type that an older peer
 /// would refuse also needs a bump, or a capability announced in [`Hello`].
@@ -657,6 +659,10 @@ macro_rules! commands {
 commands! {
     /// Round-trips through the agent's command path; any agent answers it.
     "ping" => Ping(Ping),
+    /// Creates a DNS zone if missing and makes its records exactly the given set.
+    "sync_dns_zone" => SyncDnsZone(SyncDnsZone),
+    /// Deletes a DNS zone (idempotent).
+    "delete_dns_zone" => DeleteDnsZone(DeleteDnsZone),
 }
 
 /// Answered with [`Pong`] carrying the same `echo`.
