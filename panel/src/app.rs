@@ -102,7 +102,7 @@ impl Application {
         let server = tokio::spawn(async move { server.await });
         let hub = tokio::spawn(self.hub.run(self.state.clone(), shutdown.clone()));
         let worker = self.state.config.jobs.run_worker.then(|| {
-            let dispatcher = jobs::dispatcher::from_config(&self.state.config.jobs);
+            let dispatcher = jobs::dispatcher::for_state(&self.state);
             tokio::spawn(
                 jobs::worker::Worker::new(self.state.clone(), dispatcher).run(shutdown.clone()),
             )

@@ -107,7 +107,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Worker => {
             let state = AppState::connect(config).await?;
-            let dispatcher = jobs::dispatcher::from_config(&state.config.jobs);
+            let dispatcher = jobs::dispatcher::for_state(&state);
             let shutdown = CancellationToken::new();
             cancel_on_signals(shutdown.clone());
             jobs::worker::Worker::new(state.clone(), dispatcher)

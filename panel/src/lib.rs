@@ -14,6 +14,7 @@ pub mod http;
 pub mod jobs;
 pub mod model;
 pub mod orders;
+pub mod provisioning;
 pub mod redis;
 pub mod stripe;
 pub mod telemetry;

@@ -5,6 +5,7 @@ pub mod api;
 pub mod db;
 pub mod fleet;
 pub mod panel;
+pub mod pdns;
 pub mod selling;
 
 pub use db::TestDb;

@@ -65,6 +65,8 @@ const PANEL_VARS: &[&str] = &[
     "JOB_SWEEP_INTERVAL",
     "JOB_DISPATCHER",
     "JOB_SIMULATE_DELAY",
+    "DNS_NAMESERVERS",
+    "DNS_HOSTMASTER",
 ];
 
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789-abcdefghijklmnop";
@@ -142,6 +144,7 @@ impl TestApp {
             ("MPANEL_DATA_DIR", dir.path().to_str().unwrap()),
             ("RUST_LOG", "info"),
             ("SHUTDOWN_TIMEOUT", "10s"),
+            ("DNS_NAMESERVERS", "ns1.example.test,ns2.example.test"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

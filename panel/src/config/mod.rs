@@ -49,6 +49,7 @@ pub struct Config {
     pub log: LogConfig,
     pub fleet: FleetConfig,
     pub jobs: JobsConfig,
+    pub dns: DnsConfig,
     pub data_dir: PathBuf,
     /// How long SIGTERM waits for in-flight requests and jobs before giving up.
     pub shutdown_timeout: Duration,
@@ -130,6 +131,16 @@ pub struct FleetConfig {
     pub metrics_interval: Duration,
     /// How long metrics samples are kept (`AGENT_METRICS_RETENTION`).
     pub metrics_retention: Duration,
+}
+
+/// What the panel puts in every zone it provisions.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// `DNS_NAMESERVERS`: the zones' NS set, first one the SOA primary. Empty: DNS jobs fail
+    /// with a message saying so.
+    pub nameservers: Vec<mpanel_protocol::DomainName>,
+    /// `DNS_HOSTMASTER`; default `hostmaster@<zone>`.
+    pub hostmaster: Option<mpanel_protocol::EmailAddress>,
 }
 
 /// Which dispatcher runs jobs.
@@ -385,6 +396,22 @@ impl Config {
             },
             simulate_delay: r.duration("JOB_SIMULATE_DELAY", Duration::from_millis(50)),
         };
+        let dns = DnsConfig {
+            nameservers: r
+                .parsed("DNS_NAMESERVERS", |v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| {
+                            mpanel_protocol::DomainName::parse(s).map_err(|e| format!("'{s}': {e}"))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .unwrap_or_default(),
+            hostmaster: r.parsed("DNS_HOSTMASTER", |v| {
+                mpanel_protocol::EmailAddress::parse(v).map_err(|e| e.to_string())
+            }),
+        };
         if !(1..=256).contains(&jobs.concurrency) {
             r.problem("WORKER_CONCURRENCY: must be between 1 and 256".into());
         }
@@ -446,6 +473,7 @@ impl Config {
                 metrics_retention,
             },
             jobs,
+            dns,
             data_dir,
             shutdown_timeout,
         })

@@ -34,21 +34,6 @@ pub trait Dispatcher: Send + Sync + 'static {
     fn dispatch<'a>(&'a self, job: &'a JobToRun) -> DispatchFuture<'a>;
 }
 
-/// Used while no fleet dispatcher is installed: every job is retried with backoff and ends
-/// FAILED with a message saying why, instead of pretending the work was done.
-pub struct NoFleet;
-
-impl Dispatcher for NoFleet {
-    fn dispatch<'a>(&'a self, job: &'a JobToRun) -> DispatchFuture<'a> {
-        Box::pin(async move {
-            Err(DispatchError::Retryable(format!(
-                "no agent dispatcher on this panel to run {:?}",
-                job.kind
-            )))
-        })
-    }
-}
-
 /// `JOB_DISPATCHER=simulate` (development only): each job "succeeds" after a delay without
 /// touching any server — for wiring up a marketing site or a staging panel.
 pub struct Simulate {
@@ -65,9 +50,12 @@ impl Dispatcher for Simulate {
 }
 
 /// The dispatcher the configuration asks for.
-pub fn from_config(cfg: &crate::config::JobsConfig) -> std::sync::Arc<dyn Dispatcher> {
+pub fn for_state(state: &crate::app::AppState) -> std::sync::Arc<dyn Dispatcher> {
+    let cfg = &state.config.jobs;
     match cfg.dispatcher {
-        crate::config::DispatcherKind::Fleet => std::sync::Arc::new(NoFleet),
+        crate::config::DispatcherKind::Fleet => {
+            std::sync::Arc::new(crate::provisioning::FleetDispatcher::new(state.clone()))
+        }
         crate::config::DispatcherKind::Simulate => std::sync::Arc::new(Simulate {
             delay: cfg.simulate_delay,
         }),

@@ -181,6 +181,17 @@ pub async fn succeed(
         Some(result),
     )
     .await?;
+    // The order's domain is live once every job of the order has succeeded.
+    sqlx::query(
+        "UPDATE domains d SET status = 'ACTIVE'
+           FROM jobs j
+          WHERE j.id = $1 AND d.id = (j.payload->>'domainId')::uuid AND d.status = 'PENDING_SETUP'
+            AND j.order_id IS NOT NULL
+            AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.order_id = j.order_id AND o.status <> 'SUCCESS')",
+    )
+    .bind(job.id)
+    .execute(&mut *tx)
+    .await?;
     audit::record(
         &mut tx,
         Entry {
