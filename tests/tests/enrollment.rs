@@ -893,3 +893,37 @@ async fn the_ca_key_is_private_and_the_ca_survives_a_restart() {
 
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn failed_redemptions_are_throttled_per_ip() {
+    let app = TestApp::spawn().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let csr = openssl_csr(scratch.path()).await;
+    // Well-formed tokens that were never issued (64 hex chars and a fingerprint).
+    let fake = |i: usize| format!("mpe1_{:064x}_{}", i, "ab".repeat(32));
+    for i in 0..20 {
+        let (status, body) = post(
+            &app,
+            None,
+            "/api/agents/enroll",
+            Some(enroll_body(&fake(i), &csr)),
+        )
+        .await;
+        assert_eq!(status, 401, "attempt {i}: {body}");
+    }
+    let res = app
+        .http
+        .post(app.url("/api/agents/enroll"))
+        .json(&enroll_body(&fake(99), &csr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 0 && retry <= 900, "{retry}");
+    app.cleanup().await;
+}

@@ -19,7 +19,7 @@ use crate::{
         current::CurrentUser,
         password,
         session::{self, Logout, Rotation, SessionUser},
-        throttle::LoginThrottle,
+        throttle::login_throttle,
     },
     http::{
         client::ClientMeta,
@@ -87,7 +87,7 @@ async fn login(
     if body.password.is_empty() || body.password.len() > password::MAX_PASSWORD_LEN {
         return Err(ApiError::field("password", "must be 1 to 1024 bytes"));
     }
-    let throttle = LoginThrottle::new(&state.redis, email.as_str(), client.ip);
+    let throttle = login_throttle(&state.redis, email.as_str(), client.ip);
     if let Some(retry_after_secs) = throttle.retry_after().await {
         tracing::warn!(ip = ?client.ip, "login throttled");
         return Err(ApiError::TooManyRequests { retry_after_secs });
@@ -164,7 +164,8 @@ async fn login(
     )
     .await?;
     tx.commit().await?;
-    throttle.record_success().await;
+    // A success clears this e-mail's counter from this IP.
+    throttle.clear(0).await;
     token_response(&state, row.user, session_id, refresh_token).map(Json)
 }
 

@@ -6,8 +6,8 @@
 //!   token and a CSR for its certificate.
 //!
 //! The logic and its invariants are in [`crate::fleet::enroll`]; this module maps HTTP to it.
-//! Not throttled yet: tokens carry 256 random bits, so guessing is hopeless, but each
-//! redemption attempt verifies a CSR signature, which a rate limit per IP should bound.
+//! Failed redemptions are throttled per IP (429 + Retry-After past the limit): tokens carry
+//! 256 random bits, so guessing is hopeless, but each attempt verifies a CSR signature.
 
 use std::time::Duration;
 
@@ -26,7 +26,10 @@ use uuid::Uuid;
 
 use crate::{
     app::AppState,
-    auth::permissions::{Require, perm},
+    auth::{
+        permissions::{Require, perm},
+        throttle::enrollment_throttle,
+    },
     fleet::enroll::{self, DEFAULT_TOKEN_TTL, EnrollError},
     http::{
         client::ClientMeta,
@@ -130,15 +133,21 @@ async fn enroll_agent(
     client: ClientMeta,
     ApiJson(request): ApiJson<EnrollRequest>,
 ) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
+    let throttle = enrollment_throttle(&state.redis, client.ip);
+    if let Some(retry_after_secs) = throttle.retry_after().await {
+        return Err(ApiError::TooManyRequests { retry_after_secs });
+    }
     let ca = state.ca.clone();
     let mut tx = state.db.begin().await?;
-    let enrollment = enroll::redeem(&mut tx, &ca, &request, Some(&client))
-        .await
-        .map_err(|e| match e {
-            EnrollError::Refused => ApiError::Unauthorized(e.to_string()),
-            EnrollError::Csr(csr) => ApiError::field("csrPem", csr.to_string()),
-            EnrollError::Internal(cause) => ApiError::Internal(cause),
-        })?;
+    let redeemed = enroll::redeem(&mut tx, &ca, &request, Some(&client)).await;
+    if matches!(redeemed, Err(EnrollError::Refused | EnrollError::Csr(_))) {
+        throttle.record_failure().await;
+    }
+    let enrollment = redeemed.map_err(|e| match e {
+        EnrollError::Refused => ApiError::Unauthorized(e.to_string()),
+        EnrollError::Csr(csr) => ApiError::field("csrPem", csr.to_string()),
+        EnrollError::Internal(cause) => ApiError::Internal(cause),
+    })?;
     tx.commit().await?;
     // The certificates this enrollment replaced are refused from now on, and whoever holds
     // one is cut off.

@@ -20,32 +20,21 @@ pub const MAX_PER_EMAIL: u64 = 20;
 /// Failures from one IP against any e-mail.
 pub const MAX_PER_IP: u64 = 50;
 
-pub struct LoginThrottle<'a> {
+/// Failed attempts counted in Redis under a few keys, each with its own limit, over a fixed
+/// window. Redis down means no throttling (logged), never a refusal.
+pub struct FailureCounters<'a> {
     redis: &'a Redis,
-    keys: [(String, u64); 3],
+    keys: Vec<(String, u64)>,
 }
 
-impl<'a> LoginThrottle<'a> {
-    pub fn new(redis: &'a Redis, email: &str, ip: Option<IpAddr>) -> LoginThrottle<'a> {
-        // E-mails are hashed so the keyspace lists no addresses.
-        let email = hex::encode(&Sha256::digest(email.as_bytes())[..16]);
-        let ip = ip
-            .map(|i| i.to_string())
-            .unwrap_or_else(|| "unknown".into());
-        LoginThrottle {
-            redis,
-            keys: [
-                (
-                    redis.key(&format!("throttle:login:email-ip:{email}:{ip}")),
-                    MAX_PER_EMAIL_AND_IP,
-                ),
-                (
-                    redis.key(&format!("throttle:login:email:{email}")),
-                    MAX_PER_EMAIL,
-                ),
-                (redis.key(&format!("throttle:login:ip:{ip}")), MAX_PER_IP),
-            ],
-        }
+impl<'a> FailureCounters<'a> {
+    /// `keys` are suffixes under the Redis prefix, with their limits.
+    pub fn new(redis: &'a Redis, keys: Vec<(String, u64)>) -> FailureCounters<'a> {
+        let keys = keys
+            .into_iter()
+            .map(|(k, limit)| (redis.key(&k), limit))
+            .collect();
+        FailureCounters { redis, keys }
     }
 
     /// `Some(seconds)` to wait when any counter is at its limit.
@@ -55,7 +44,7 @@ impl<'a> LoginThrottle<'a> {
         let counts: Vec<Option<u64>> = match conn.mget(&names).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "login throttle unavailable (Redis)");
+                tracing::warn!(error = %e, "throttle unavailable (Redis)");
                 return None;
             }
         };
@@ -83,13 +72,54 @@ impl<'a> LoginThrottle<'a> {
         }
         let mut conn = self.redis.conn();
         if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-            tracing::warn!(error = %e, "cannot record a failed login (Redis)");
+            tracing::warn!(error = %e, "cannot record a failed attempt (Redis)");
         }
     }
 
-    /// A successful login clears this e-mail's counters from this IP.
-    pub async fn record_success(&self) {
+    /// Forgets the counter at `index` (a success clears its own key).
+    pub async fn clear(&self, index: usize) {
         let mut conn = self.redis.conn();
-        let _: Result<(), _> = conn.del(&self.keys[0].0).await;
+        let _: Result<(), _> = conn.del(&self.keys[index].0).await;
     }
+}
+
+/// Login failures per (e-mail, IP), per e-mail and per IP; a success clears the first.
+pub fn login_throttle<'a>(
+    redis: &'a Redis,
+    email: &str,
+    ip: Option<IpAddr>,
+) -> FailureCounters<'a> {
+    // E-mails are hashed so the keyspace lists no addresses.
+    let email = hex::encode(&Sha256::digest(email.as_bytes())[..16]);
+    let ip = ip_label(ip);
+    FailureCounters::new(
+        redis,
+        vec![
+            (
+                format!("throttle:login:email-ip:{email}:{ip}"),
+                MAX_PER_EMAIL_AND_IP,
+            ),
+            (format!("throttle:login:email:{email}"), MAX_PER_EMAIL),
+            (format!("throttle:login:ip:{ip}"), MAX_PER_IP),
+        ],
+    )
+}
+
+/// Failed enrollment redemptions per IP: tokens cannot be guessed, but each attempt costs a
+/// CSR signature check.
+pub const MAX_ENROLL_FAILURES_PER_IP: u64 = 20;
+
+pub fn enrollment_throttle(redis: &Redis, ip: Option<IpAddr>) -> FailureCounters<'_> {
+    FailureCounters::new(
+        redis,
+        vec![(
+            format!("throttle:enroll:ip:{}", ip_label(ip)),
+            MAX_ENROLL_FAILURES_PER_IP,
+        )],
+    )
+}
+
+fn ip_label(ip: Option<IpAddr>) -> String {
+    ip.map(|i| i.to_string())
+        .unwrap_or_else(|| "unknown".into())
 }
