@@ -18,6 +18,18 @@
 //! api_url = "http://127.0.0.1:8081/api/v1"  # the default
 //! api_key_file = "/etc/mpanel-agent/pdns-api-key"  # or api_key = "…" (not both)
 //! server_id = "localhost"                   # the default
+//!
+//! [mail]                                    # the mail role's Postfix maps and Dovecot users
+//! vmail_uid = 5000                          # required: owner of the maildirs (not 0)
+//! vmail_gid = 5000
+//! # virtual_mailbox_domains = "/etc/postfix/virtual_mailbox_domains"  # the defaults
+//! # virtual_mailbox_maps = "/etc/postfix/virtual_mailbox_maps"
+//! # passwd_file = "/etc/dovecot/users"
+//! # vmail_root = "/var/vmail"
+//! # postmap = "/usr/sbin/postmap"
+//! # reload = true                           # false: never reload (tests)
+//! # postfix_reload = ["postfix", "reload"]
+//! # dovecot_reload = ["doveadm", "reload"]
 //! ```
 //!
 //! Unknown keys are refused (a typo must not silently mean "default"), and every value is
@@ -57,6 +69,7 @@ struct Raw {
     shutdown_timeout: Option<String>,
     renew_before: Option<String>,
     dns: Option<RawDns>,
+    mail: Option<RawMail>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,6 +79,118 @@ struct RawDns {
     api_key: Option<String>,
     api_key_file: Option<PathBuf>,
     server_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMail {
+    virtual_mailbox_domains: Option<PathBuf>,
+    virtual_mailbox_maps: Option<PathBuf>,
+    passwd_file: Option<PathBuf>,
+    vmail_root: Option<PathBuf>,
+    postmap: Option<PathBuf>,
+    reload: Option<bool>,
+    postfix_reload: Option<Vec<String>>,
+    dovecot_reload: Option<Vec<String>>,
+    vmail_uid: Option<u32>,
+    vmail_gid: Option<u32>,
+}
+
+/// The `[mail]` section: the files and commands of the mail role (Postfix virtual mailboxes,
+/// Dovecot passwd-file users, maildirs under `vmail_root`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailConfig {
+    /// The Postfix `virtual_mailbox_domains` hash map source (`domain OK` lines).
+    pub virtual_mailbox_domains: PathBuf,
+    /// The Postfix `virtual_mailbox_maps` hash map source (`address domain/local/` lines).
+    pub virtual_mailbox_maps: PathBuf,
+    /// The Dovecot passwd-file (passdb and userdb).
+    pub passwd_file: PathBuf,
+    /// Postfix's `virtual_mailbox_base`: maildirs are `vmail_root/domain/local/`.
+    pub vmail_root: PathBuf,
+    pub postmap: PathBuf,
+    /// argv of the commands run after a change; `None` when `reload = false`.
+    pub postfix_reload: Option<Vec<String>>,
+    pub dovecot_reload: Option<Vec<String>>,
+    pub vmail_uid: u32,
+    pub vmail_gid: u32,
+}
+
+fn parse_mail(raw: RawMail, problems: &mut Vec<String>) -> Option<MailConfig> {
+    let mut path = |name: &str, v: Option<PathBuf>, default: &str| {
+        let p = v.unwrap_or_else(|| PathBuf::from(default));
+        let ok = p.is_absolute()
+            && p.to_str()
+                .is_some_and(|s| !s.chars().any(|c| c.is_control()))
+            && !p
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir));
+        if !ok {
+            problems.push(format!(
+                "mail.{name}: must be an absolute path without '..'"
+            ));
+        }
+        p
+    };
+    let virtual_mailbox_domains = path(
+        "virtual_mailbox_domains",
+        raw.virtual_mailbox_domains,
+        "/etc/postfix/virtual_mailbox_domains",
+    );
+    let virtual_mailbox_maps = path(
+        "virtual_mailbox_maps",
+        raw.virtual_mailbox_maps,
+        "/etc/postfix/virtual_mailbox_maps",
+    );
+    let passwd_file = path("passwd_file", raw.passwd_file, "/etc/dovecot/users");
+    let vmail_root = path("vmail_root", raw.vmail_root, "/var/vmail");
+    let postmap = path("postmap", raw.postmap, "/usr/sbin/postmap");
+    // It is written into passwd-file lines (`:`-separated) as the users' homes.
+    if vmail_root
+        .to_str()
+        .is_some_and(|s| s.contains(':') || s.chars().any(char::is_whitespace))
+    {
+        problems.push("mail.vmail_root: must not contain ':' or whitespace".into());
+    }
+    let reload = raw.reload.unwrap_or(true);
+    let mut argv = |name: &str, v: Option<Vec<String>>, default: [&str; 2]| {
+        let v = v.unwrap_or_else(|| default.map(String::from).to_vec());
+        if v.is_empty()
+            || v.iter()
+                .any(|a| a.is_empty() || a.chars().any(|c| c.is_control()))
+        {
+            problems.push(format!(
+                "mail.{name}: must be a non-empty list of non-empty arguments"
+            ));
+        }
+        reload.then_some(v)
+    };
+    let postfix_reload = argv("postfix_reload", raw.postfix_reload, ["postfix", "reload"]);
+    let dovecot_reload = argv("dovecot_reload", raw.dovecot_reload, ["doveadm", "reload"]);
+    let mut id = |name: &str, v: Option<u32>| match v {
+        Some(0) => {
+            problems.push(format!("mail.{name}: must not be 0 (root)"));
+            None
+        }
+        Some(v) => Some(v),
+        None => {
+            problems.push(format!("mail.{name}: is required"));
+            None
+        }
+    };
+    let vmail_uid = id("vmail_uid", raw.vmail_uid);
+    let vmail_gid = id("vmail_gid", raw.vmail_gid);
+    Some(MailConfig {
+        virtual_mailbox_domains,
+        virtual_mailbox_maps,
+        passwd_file,
+        vmail_root,
+        postmap,
+        postfix_reload,
+        dovecot_reload,
+        vmail_uid: vmail_uid?,
+        vmail_gid: vmail_gid?,
+    })
 }
 
 /// The `[dns]` section: where the dns role finds the local PowerDNS HTTP API.
@@ -204,6 +329,8 @@ pub struct AgentConfig {
     pub renew_before: Option<Duration>,
     /// The `[dns]` section; `None` when absent (the dns role then refuses its commands).
     pub dns: Option<DnsConfig>,
+    /// The `[mail]` section; `None` when absent (the mail role then refuses its commands).
+    pub mail: Option<MailConfig>,
 }
 
 impl AgentConfig {
@@ -286,6 +413,7 @@ impl AgentConfig {
             }
         };
         let dns = raw.dns.and_then(|d| parse_dns(d, &mut problems));
+        let mail = raw.mail.and_then(|m| parse_mail(m, &mut problems));
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             problems.push(format!("log_level: '{log_level}' is not a tracing filter"));
@@ -324,6 +452,7 @@ impl AgentConfig {
             shutdown_timeout,
             renew_before,
             dns,
+            mail,
         })
     }
 }
@@ -412,6 +541,48 @@ mod tests {
             let err = AgentConfig::parse(bad).unwrap_err().to_string();
             assert!(
                 err.contains("dns") || err.contains("api_ur"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn mail_section() {
+        let c =
+            AgentConfig::parse("roles = [\"mail\"]\n[mail]\nvmail_uid = 5000\nvmail_gid = 5001")
+                .unwrap();
+        let mail = c.mail.unwrap();
+        assert_eq!(mail.passwd_file, PathBuf::from("/etc/dovecot/users"));
+        assert_eq!(mail.postmap, PathBuf::from("/usr/sbin/postmap"));
+        assert_eq!(mail.vmail_root, PathBuf::from("/var/vmail"));
+        assert_eq!(
+            mail.postfix_reload.as_deref(),
+            Some(&["postfix".to_owned(), "reload".to_owned()][..])
+        );
+        assert_eq!((mail.vmail_uid, mail.vmail_gid), (5000, 5001));
+
+        let c = AgentConfig::parse(
+            "[mail]\nvmail_uid = 1\nvmail_gid = 1\nreload = false\nvmail_root = \"/srv/m\"\n\
+             dovecot_reload = [\"true\"]",
+        )
+        .unwrap();
+        let mail = c.mail.unwrap();
+        assert!(mail.postfix_reload.is_none() && mail.dovecot_reload.is_none());
+        assert_eq!(mail.vmail_root, PathBuf::from("/srv/m"));
+
+        for bad in [
+            "[mail]",
+            "[mail]\nvmail_uid = 0\nvmail_gid = 1",
+            "[mail]\nvmail_uid = 1\nvmail_gid = 1\npasswd_file = \"users\"",
+            "[mail]\nvmail_uid = 1\nvmail_gid = 1\nvmail_root = \"/srv/../etc\"",
+            "[mail]\nvmail_uid = 1\nvmail_gid = 1\npostfix_reload = []",
+            "[mail]\nvmail_uid = 1\nvmail_gid = 1\ndovecot_reload = [\"\"]",
+            "[mail]\nvmail_uid = -1\nvmail_gid = 1",
+            "[mail]\nvmail_uid = 1\nvmail_gid = 1\npostmapp = \"/x\"",
+        ] {
+            let err = AgentConfig::parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("mail") || err.contains("postmapp") || err.contains("u32"),
                 "{bad}: {err}"
             );
         }

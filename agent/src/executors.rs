@@ -30,6 +30,18 @@ pub async fn execute(command: &Command, config: &AgentConfig) -> Outcome {
         Command::DeleteDnsZone(cmd) => {
             crate::roles::dns::delete_zone(cmd, config.dns.as_ref()).await
         }
+        Command::CreateMailbox(cmd) => {
+            crate::roles::mail::create_mailbox(cmd, config.mail.as_ref()).await
+        }
+        Command::SetMailboxEnabled(cmd) => {
+            crate::roles::mail::set_mailbox_enabled(cmd, config.mail.as_ref()).await
+        }
+        Command::SetMailboxPassword(cmd) => {
+            crate::roles::mail::set_mailbox_password(cmd, config.mail.as_ref()).await
+        }
+        Command::DeleteMailbox(cmd) => {
+            crate::roles::mail::delete_mailbox(cmd, config.mail.as_ref()).await
+        }
     }
 }
 

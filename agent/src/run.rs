@@ -118,6 +118,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let dns = config.dns.clone();
         tokio::spawn(async move { crate::roles::dns::check_at_start(dns.as_ref()).await });
     }
+    if config
+        .roles
+        .contains(&mpanel_protocol::messages::Role::Mail)
+    {
+        crate::roles::mail::check_at_start(config.mail.as_ref());
+    }
     let hostname = match &config.hostname {
         Some(h) => h.clone(),
         None => enroll::system_hostname()

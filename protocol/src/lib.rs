@@ -5,6 +5,7 @@
 //! protocol and of enrollment.
 
 pub mod dns;
+pub mod mail;
 pub mod messages;
 pub mod values;
 

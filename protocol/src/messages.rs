@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
 use crate::dns::{DeleteDnsZone, SyncDnsZone};
+use crate::mail::{CreateMailbox, DeleteMailbox, SetMailboxEnabled, SetMailboxPassword};
 
 /// The version of this protocol. Bump it when a change is not backwards compatible (a new
 /// required field, a changed meaning); a new message or command type that an older peer
@@ -663,6 +664,14 @@ commands! {
     "sync_dns_zone" => SyncDnsZone(SyncDnsZone),
     /// Deletes a DNS zone (idempotent).
     "delete_dns_zone" => DeleteDnsZone(DeleteDnsZone),
+    /// Makes a mailbox exist, enabled, with the given password hash (idempotent).
+    "create_mailbox" => CreateMailbox(CreateMailbox),
+    /// Lets a mailbox log in or not; its mail is kept.
+    "set_mailbox_enabled" => SetMailboxEnabled(SetMailboxEnabled),
+    /// Replaces a mailbox's password hash.
+    "set_mailbox_password" => SetMailboxPassword(SetMailboxPassword),
+    /// Removes a mailbox's entries, keeping its maildir (idempotent).
+    "delete_mailbox" => DeleteMailbox(DeleteMailbox),
 }
 
 /// Answered with [`Pong`] carrying the same `echo`.
