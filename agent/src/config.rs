@@ -30,6 +30,17 @@
 //! # reload = true                           # false: never reload (tests)
 //! # postfix_reload = ["postfix", "reload"]
 //! # dovecot_reload = ["doveadm", "reload"]
+//!
+//! [web]                                     # the web role (config/web.rs); all optional
+//! # home_root = "/home"
+//! # sites_dir = "/etc/nginx/sites-enabled"
+//! # pool_dir = "/etc/php/{php}/fpm/pool.d"
+//! # nginx_test = ["/usr/sbin/nginx", "-t", "-q"]
+//! # … see packaging/agent/agent.toml for every key
+//!
+//! [backup]                                  # the backup role (config/backup.rs); optional
+//! # archive_dir = "/var/backups/mpanel-agent"
+//! # keep = 7
 //! ```
 //!
 //! Unknown keys are refused (a typo must not silently mean "default"), and every value is
@@ -46,6 +57,13 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::cli::DEFAULT_STATE_DIR;
+
+mod backup;
+mod checks;
+mod web;
+
+pub use backup::BackupConfig;
+pub use web::WebConfig;
 
 pub const DEFAULT_CONFIG: &str = "/etc/mpanel-agent/agent.toml";
 
@@ -70,6 +88,8 @@ struct Raw {
     renew_before: Option<String>,
     dns: Option<RawDns>,
     mail: Option<RawMail>,
+    web: Option<web::RawWeb>,
+    backup: Option<backup::RawBackup>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -331,6 +351,10 @@ pub struct AgentConfig {
     pub dns: Option<DnsConfig>,
     /// The `[mail]` section; `None` when absent (the mail role then refuses its commands).
     pub mail: Option<MailConfig>,
+    /// The `[web]` section; the defaults when absent (a Debian host with nginx and php-fpm).
+    pub web: WebConfig,
+    /// The `[backup]` section; the defaults when absent.
+    pub backup: BackupConfig,
 }
 
 impl AgentConfig {
@@ -414,6 +438,8 @@ impl AgentConfig {
         };
         let dns = raw.dns.and_then(|d| parse_dns(d, &mut problems));
         let mail = raw.mail.and_then(|m| parse_mail(m, &mut problems));
+        let web = web::parse(raw.web.unwrap_or_default(), &mut problems);
+        let backup = backup::parse(raw.backup.unwrap_or_default(), &mut problems);
         let log_level = raw.log_level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             problems.push(format!("log_level: '{log_level}' is not a tracing filter"));
@@ -453,6 +479,8 @@ impl AgentConfig {
             renew_before,
             dns,
             mail,
+            web,
+            backup,
         })
     }
 }
@@ -585,6 +613,49 @@ mod tests {
                 err.contains("mail") || err.contains("postmapp") || err.contains("u32"),
                 "{bad}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn web_and_backup_sections() {
+        let c = AgentConfig::parse("roles = [\"web\", \"backup\"]").unwrap();
+        assert_eq!(c.web.home_root, PathBuf::from("/home"));
+        assert_eq!(c.web.pool_dir, "/etc/php/{php}/fpm/pool.d");
+        assert_eq!(c.web.listen, ["80", "[::]:80"]);
+        assert!(c.web.users_prefix.is_none() && c.web.php_fpm_reload.is_some());
+        assert_eq!(c.backup.keep, 7);
+
+        let c = AgentConfig::parse(
+            "[web]\nusers_prefix = \"/srv/sandbox\"\nphp_fpm_reload = []\nlisten = [\"127.0.0.1:8080\"]",
+        )
+        .unwrap();
+        assert!(c.web.php_fpm_reload.is_none());
+        assert_eq!(
+            c.web.host_path(Path::new("/home/x")),
+            PathBuf::from("/srv/sandbox/home/x")
+        );
+
+        for (bad, key) in [
+            ("[web]\nhome_root = \"home\"", "web.home_root"),
+            ("[web]\nhome_root = \"/home/../etc\"", "web.home_root"),
+            ("[web]\nlog_dir = \"/var/log/a b\"", "web.log_dir"),
+            (
+                "[web]\nlisten = [\"80; include /etc/shadow\"]",
+                "web.listen",
+            ),
+            ("[web]\nlisten = []", "web.listen"),
+            ("[web]\nnginx_test = []", "web.nginx_test"),
+            ("[web]\nweb_group = \"www data\"", "web.web_group"),
+            (
+                "[web]\nfastcgi_params = \"/etc/nginx/x;y\"",
+                "web.fastcgi_params",
+            ),
+            ("[web]\nhomeroot = \"/home\"", "homeroot"),
+            ("[backup]\nkeep = 0", "backup.keep"),
+            ("[backup]\npg_dump = []", "backup.pg_dump"),
+        ] {
+            let err = AgentConfig::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
         }
     }
 

@@ -24,6 +24,15 @@ pub async fn execute(command: &Command, config: &AgentConfig) -> Outcome {
             false,
         );
     }
+    if let Some(role) = command.required_role()
+        && let Some(missing) = crate::roles::missing_tools(role, config)
+    {
+        return Outcome::error(
+            "role_unavailable",
+            &format!("the '{role}' role cannot work on this server: {missing}"),
+            false,
+        );
+    }
     match command {
         Command::Ping(ping) => self::ping(ping).await,
         Command::SyncDnsZone(cmd) => crate::roles::dns::sync_zone(cmd, config.dns.as_ref()).await,
@@ -41,6 +50,15 @@ pub async fn execute(command: &Command, config: &AgentConfig) -> Outcome {
         }
         Command::DeleteMailbox(cmd) => {
             crate::roles::mail::delete_mailbox(cmd, config.mail.as_ref()).await
+        }
+        Command::CreateSite(cmd) => crate::roles::web::create_site(cmd, &config.web).await,
+        Command::SetSiteSuspended(cmd) => {
+            crate::roles::web::set_site_suspended(cmd, &config.web).await
+        }
+        Command::TerminateSite(cmd) => crate::roles::web::terminate_site(cmd, &config.web).await,
+        Command::BackupSite(cmd) => crate::roles::backup::backup_site(cmd, &config.backup).await,
+        Command::BackupDatabase(cmd) => {
+            crate::roles::backup::backup_database(cmd, &config.backup).await
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod enroll;
 pub mod executors;
+pub mod host;
 pub mod journal;
 pub mod metrics;
 pub mod roles;

@@ -124,6 +124,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     {
         crate::roles::mail::check_at_start(config.mail.as_ref());
     }
+    crate::roles::warn_missing_tools(&config);
     let hostname = match &config.hostname {
         Some(h) => h.clone(),
         None => enroll::system_hostname()

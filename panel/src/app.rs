@@ -15,6 +15,7 @@ use crate::{
     fleet::{Fleet, ca::CertificateAuthority, hub::Hub},
     http, jobs,
     redis::Redis,
+    secrets::Sealer,
 };
 
 /// What every handler and background task shares. Cheap to clone.
@@ -28,6 +29,9 @@ pub struct AppState {
     pub ca: Arc<CertificateAuthority>,
     /// The agents connected to this panel and the commands waiting for them.
     pub fleet: Arc<Fleet>,
+    /// Seals credentials waiting for a welcome e-mail and queued e-mail bodies
+    /// (`CREDENTIALS_KEY`).
+    pub sealer: Arc<Sealer>,
 }
 
 impl AppState {
@@ -53,6 +57,7 @@ impl AppState {
             ca: Arc::new(ca),
             fleet: Arc::new(Fleet::new()),
             tokens: Arc::new(TokenKeys::new(&config.jwt)),
+            sealer: Arc::new(Sealer::from_config(config.credentials_key.as_ref())),
             config: Arc::new(config),
             db,
             redis,

@@ -5,7 +5,9 @@ use std::{fmt, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[sqlx(type_name = "user_role", rename_all = "SCREAMING_SNAKE_CASE")]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum UserRole {
@@ -58,7 +60,9 @@ impl FromStr for UserRole {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[sqlx(type_name = "server_role", rename_all = "SCREAMING_SNAKE_CASE")]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ServerRole {
@@ -73,7 +77,9 @@ pub enum ServerRole {
 macro_rules! db_enum {
     ($(#[$doc:meta])* $name:ident as $sql:literal { $($variant:ident),* $(,)? }) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+        #[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
         #[sqlx(type_name = $sql, rename_all = "SCREAMING_SNAKE_CASE")]
         #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
         pub enum $name { $($variant),* }
@@ -86,10 +92,16 @@ db_enum!(SubscriptionStatus as "subscription_status" { Active, PastDue, Cancelle
 db_enum!(DomainStatus as "domain_status" { Active, Suspended, PendingSetup, PendingTransfer });
 db_enum!(JobStatus as "job_status" { Pending, Running, Success, Failed });
 db_enum!(BillingInterval as "billing_interval" { Monthly, Yearly });
+db_enum!(HostingStatus as "hosting_status" { Active, Suspended, Terminated, Pending });
+db_enum!(MailStatus as "mail_status" { Active, Disabled, Pending });
+db_enum!(VpsStatus as "vps_status" { Pending, Running, Stopped, Suspended, Terminated });
+db_enum!(BackupType as "backup_type" { System, ClientSite, Database });
+db_enum!(BackupStatus as "backup_status" { Pending, Running, Success, Failed });
 db_enum!(
     /// What a job does; each becomes one typed command for one server's agent.
     JobType as "job_type" {
         ProvisionHosting, ProvisionDns, ProvisionMail, ProvisionVps,
         SuspendAccount, UnsuspendAccount, TerminateAccount,
+        RunBackup,
     }
 );

@@ -4,9 +4,11 @@
 //! agent with one set of rules; [`messages`] holds the versioned messages of the panel–agent
 //! protocol and of enrollment.
 
+pub mod backup;
 pub mod dns;
 pub mod mail;
 pub mod messages;
 pub mod values;
+pub mod web;
 
 pub use values::*;

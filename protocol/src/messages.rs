@@ -31,8 +31,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
+use crate::backup::{BackupDatabase, BackupSite};
 use crate::dns::{DeleteDnsZone, SyncDnsZone};
 use crate::mail::{CreateMailbox, DeleteMailbox, SetMailboxEnabled, SetMailboxPassword};
+use crate::web::{CreateSite, SetSiteSuspended, TerminateSite};
 
 /// The version of this protocol. Bump it when a change is not backwards compatible (a new
 /// required field, a changed meaning); a new message or command type that an older peer
@@ -672,6 +674,16 @@ commands! {
     "set_mailbox_password" => SetMailboxPassword(SetMailboxPassword),
     /// Removes a mailbox's entries, keeping its maildir (idempotent).
     "delete_mailbox" => DeleteMailbox(DeleteMailbox),
+    /// Makes a website exist and serve: user, home, document root, php-fpm pool, vhost.
+    "create_site" => CreateSite(CreateSite),
+    /// Suspends a website or serves it again; its files are kept.
+    "set_site_suspended" => SetSiteSuspended(SetSiteSuspended),
+    /// Archives a website's home, then removes its vhost, pool and user (idempotent).
+    "terminate_site" => TerminateSite(TerminateSite),
+    /// Archives a website's files (tar + zstd) and keeps the newest archives of its target.
+    "backup_site" => BackupSite(BackupSite),
+    /// Dumps a PostgreSQL database (custom format) and keeps the newest dumps of it.
+    "backup_database" => BackupDatabase(BackupDatabase),
 }
 
 /// Answered with [`Pong`] carrying the same `echo`.

@@ -7,6 +7,8 @@ pub mod fleet;
 pub mod panel;
 pub mod pdns;
 pub mod selling;
+pub mod smtp;
+pub mod web;
 
 pub use db::TestDb;
 pub use panel::{TestApp, wait_for};

@@ -38,6 +38,8 @@ const PANEL_VARS: &[&str] = &[
     "SMTP_PORT",
     "SMTP_USER",
     "SMTP_PASS",
+    "SMTP_TLS",
+    "CREDENTIALS_KEY",
     "POWERDNS_API_URL",
     "POWERDNS_API_KEY",
     "MAILCORE_API_URL",

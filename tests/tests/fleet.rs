@@ -300,7 +300,7 @@ async fn agents_connect_report_health_answer_pings_and_revoked_ones_are_cut_off(
             &json!({}),
         )
         .await
-        .assert_error(503, "service_unavailable");
+        .assert_error(409, "conflict");
     assert_eq!(
         count(
             &db,

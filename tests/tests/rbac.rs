@@ -46,6 +46,13 @@ enum Body {
     PlanPatch,
     CancelOrder,
     CancelNow,
+    NewBackup,
+    NewHosting,
+    NewZone,
+    NewRecord,
+    RecordPatch,
+    NewMailbox,
+    NewVps,
 }
 
 /// One route of the matrix. `{user}`, `{server}` and `{tenant}` in the path are replaced by a
@@ -219,12 +226,12 @@ const MATRIX: &[Route] = &[
         200,
         READERS,
     ),
-    // No agent is connected, so an allowed caller gets a clear 503 after the 1 s deadline.
+    // No agent is connected, so an allowed caller gets a clear 409 after the 1 s deadline.
     route(
         "POST",
         "/api/servers/{server}/ping?timeoutSecs=1",
         Body::None,
-        503,
+        409,
         WRITERS,
     ),
     route(
@@ -234,6 +241,157 @@ const MATRIX: &[Route] = &[
         200,
         SUPER_ADMIN_ONLY,
     ),
+    route("GET", "/api/backups/jobs", Body::None, 200, READERS),
+    route(
+        "GET",
+        "/api/backups/jobs/{backup}",
+        Body::None,
+        200,
+        READERS,
+    ),
+    route(
+        "POST",
+        "/api/backups/jobs",
+        Body::NewBackup,
+        201,
+        SUPPORT_WRITERS,
+    ),
+    route(
+        "POST",
+        "/api/backups/jobs/{backup}/rerun",
+        Body::None,
+        202,
+        SUPPORT_WRITERS,
+    ),
+    route("GET", "/api/hosting/accounts", Body::None, 200, READERS),
+    route(
+        "POST",
+        "/api/hosting/accounts",
+        Body::NewHosting,
+        202,
+        WRITERS,
+    ),
+    route(
+        "GET",
+        "/api/hosting/accounts/{hosting}",
+        Body::None,
+        200,
+        READERS,
+    ),
+    route(
+        "POST",
+        "/api/hosting/accounts/{hosting}/suspend",
+        Body::None,
+        202,
+        SUPPORT_WRITERS,
+    ),
+    route(
+        "POST",
+        "/api/hosting/accounts/{hosting}/unsuspend",
+        Body::None,
+        202,
+        SUPPORT_WRITERS,
+    ),
+    route(
+        "POST",
+        "/api/hosting/accounts/{hosting}/terminate",
+        Body::None,
+        202,
+        WRITERS,
+    ),
+    route("GET", "/api/dns/zones", Body::None, 200, READERS),
+    route("POST", "/api/dns/zones", Body::NewZone, 202, WRITERS),
+    route("GET", "/api/dns/zones/{zone}", Body::None, 200, READERS),
+    route(
+        "POST",
+        "/api/dns/zones/{zone}/sync",
+        Body::None,
+        202,
+        SUPPORT_WRITERS,
+    ),
+    route(
+        "GET",
+        "/api/dns/zones/{zone}/records",
+        Body::None,
+        200,
+        READERS,
+    ),
+    route(
+        "POST",
+        "/api/dns/zones/{zone}/records",
+        Body::NewRecord,
+        202,
+        WRITERS,
+    ),
+    route(
+        "PATCH",
+        "/api/dns/zones/{zone}/records/{record}",
+        Body::RecordPatch,
+        202,
+        WRITERS,
+    ),
+    route(
+        "DELETE",
+        "/api/dns/zones/{zone}/records/{record}",
+        Body::None,
+        202,
+        WRITERS,
+    ),
+    route("GET", "/api/mail/accounts", Body::None, 200, READERS),
+    route("POST", "/api/mail/accounts", Body::NewMailbox, 202, WRITERS),
+    route(
+        "GET",
+        "/api/mail/accounts/{mailbox}",
+        Body::None,
+        200,
+        READERS,
+    ),
+    route(
+        "POST",
+        "/api/mail/accounts/{mailbox}/disable",
+        Body::None,
+        202,
+        SUPPORT_WRITERS,
+    ),
+    route(
+        "POST",
+        "/api/mail/accounts/{mailbox}/enable",
+        Body::None,
+        202,
+        SUPPORT_WRITERS,
+    ),
+    route(
+        "POST",
+        "/api/mail/accounts/{mailbox}/reset-password",
+        Body::None,
+        202,
+        SUPPORT_WRITERS,
+    ),
+    route("GET", "/api/vps", Body::None, 200, READERS),
+    route("POST", "/api/vps", Body::NewVps, 202, WRITERS),
+    route("GET", "/api/vps/{vps}", Body::None, 200, READERS),
+    route(
+        "POST",
+        "/api/vps/{vps}/start",
+        Body::None,
+        202,
+        SUPPORT_WRITERS,
+    ),
+    route(
+        "POST",
+        "/api/vps/{vps}/stop",
+        Body::None,
+        202,
+        SUPPORT_WRITERS,
+    ),
+    route(
+        "POST",
+        "/api/vps/{vps}/reboot",
+        Body::None,
+        202,
+        SUPPORT_WRITERS,
+    ),
+    route("POST", "/api/vps/{vps}/destroy", Body::None, 202, WRITERS),
 ];
 
 fn method(name: &str) -> Method {
@@ -257,7 +415,20 @@ async fn prepare(app: &TestApp, root: &str, path: &str) -> (String, Option<Strin
         pool.close().await;
         return (path.replace("{agent}", &agent.to_string()), None);
     }
-    const PLACEHOLDERS: [(&str, &str); 9] = [
+    if path.contains("{record}") {
+        let zone = fixture(app, root, "{zone}").await;
+        let record = sql_row(
+            app,
+            "INSERT INTO dns_records (tenant_id, zone_id, name, type, content, data)
+             SELECT tenant_id, id, 'www', 'A', '192.0.2.1', '{\"type\":\"A\",\"address\":\"192.0.2.1\"}'
+               FROM dns_zones WHERE id = $1::uuid RETURNING id",
+            &zone,
+        )
+        .await;
+        let path = path.replace("{zone}", &zone).replace("{record}", &record);
+        return (path, Some(format!("/api/dns/zones/{zone}")));
+    }
+    const PLACEHOLDERS: [(&str, &str); 14] = [
         ("{user}", "/api/users"),
         ("{server}", "/api/servers"),
         ("{tenant}", "/api/tenants"),
@@ -267,6 +438,11 @@ async fn prepare(app: &TestApp, root: &str, path: &str) -> (String, Option<Strin
         ("{subscription}", "/api/subscriptions"),
         ("{customer}", "/api/customers"),
         ("{job}", "/api/jobs"),
+        ("{backup}", "/api/backups/jobs"),
+        ("{hosting}", "/api/hosting/accounts"),
+        ("{zone}", "/api/dns/zones"),
+        ("{mailbox}", "/api/mail/accounts"),
+        ("{vps}", "/api/vps"),
     ];
     let Some((placeholder, collection)) = PLACEHOLDERS.into_iter().find(|(p, _)| path.contains(p))
     else {
@@ -283,6 +459,18 @@ async fn prepare(app: &TestApp, root: &str, path: &str) -> (String, Option<Strin
         "{plan}" => id_of(&create_plan(app, root).await),
         "{order}" => id_of_key(&place_order(app, root).await, "orderId"),
         "{subscription}" => id_of_key(&place_order(app, root).await, "subscriptionId"),
+        "{backup}" => {
+            let domain = uuid::Uuid::new_v4().to_string();
+            create_domain(app, &domain).await;
+            let body = json!({ "type": "CLIENT_SITE", "targetId": domain });
+            id_of(
+                &authed(app, root)
+                    .post("/api/backups/jobs", &body)
+                    .await
+                    .expect(201),
+            )
+        }
+        "{hosting}" | "{zone}" | "{mailbox}" | "{vps}" => fixture(app, root, placeholder).await,
         "{customer}" => {
             let order = id_of_key(&place_order(app, root).await, "orderId");
             let detail = authed(app, root)
@@ -314,6 +502,86 @@ async fn prepare(app: &TestApp, root: &str, path: &str) -> (String, Option<Strin
         path.replace(placeholder, &id),
         Some(format!("{collection}/{id}")),
     )
+}
+
+/// One row of the tenant `home` for a placeholder, made in SQL (the API would queue jobs):
+/// an ACTIVE hosting account, a zone, an ACTIVE mailbox or a VPS. Its id.
+async fn fixture(app: &TestApp, root: &str, placeholder: &str) -> String {
+    let domain = uuid::Uuid::new_v4().to_string();
+    create_domain(app, &domain).await;
+    let server = id_of(&create_server(app, root, &unique("fixture")).await);
+    let sql = match placeholder {
+        "{hosting}" => {
+            "INSERT INTO hosting_accounts (tenant_id, domain_id, server_id, system_user, home_dir,
+                                           php_version, status)
+             SELECT d.tenant_id, d.id, $2::uuid, 'u_' || substr(md5(d.name), 1, 8),
+                    '/home/x', '8.2', 'ACTIVE' FROM domains d WHERE d.id = $1::uuid RETURNING id"
+        }
+        "{zone}" => {
+            "INSERT INTO dns_zones (tenant_id, domain_id)
+             SELECT tenant_id, id FROM domains WHERE id = $1::uuid AND $2::uuid IS NOT NULL
+             RETURNING id"
+        }
+        "{mailbox}" => {
+            "INSERT INTO mail_accounts (tenant_id, domain_id, email, status)
+             SELECT tenant_id, id, 'info@' || name, 'ACTIVE' FROM domains
+              WHERE id = $1::uuid AND $2::uuid IS NOT NULL RETURNING id"
+        }
+        _ => {
+            "INSERT INTO vps_instances (tenant_id, domain_id, server_id, name)
+             SELECT tenant_id, id, $2::uuid, 'vps-' || substr(md5(name), 1, 8) FROM domains
+              WHERE id = $1::uuid RETURNING id"
+        }
+    };
+    let pool = app.db.pool().await;
+    let id: uuid::Uuid = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(&domain)
+        .bind(&server)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    id.to_string()
+}
+
+/// The id of the row `sql` (with `$1` = `arg`) inserts.
+async fn sql_row(app: &TestApp, sql: &'static str, arg: &str) -> String {
+    let pool = app.db.pool().await;
+    let id: uuid::Uuid = sqlx::query_scalar(sql)
+        .bind(arg)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    id.to_string()
+}
+
+/// A domain of the tenant `home` with the given id (backups target domains).
+async fn create_domain(app: &TestApp, id: &str) {
+    let pool = app.db.pool().await;
+    sqlx::query(
+        "INSERT INTO domains (id, tenant_id, name)
+         SELECT $1::uuid, id, $2 FROM tenants WHERE slug = 'home'",
+    )
+    .bind(id)
+    .bind(format!("{}.example.com", unique("backup")))
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+}
+
+/// A domain of the tenant `home` named `name`.
+async fn create_named_domain(app: &TestApp, name: &str) {
+    let pool = app.db.pool().await;
+    sqlx::query(
+        "INSERT INTO domains (tenant_id, name) SELECT id, $1 FROM tenants WHERE slug = 'home'",
+    )
+    .bind(name)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
 }
 
 fn id_of(row: &Value) -> String {
@@ -421,6 +689,60 @@ fn body_for(body: Body) -> (Option<Value>, Option<(String, String)>) {
         Body::UserPatch => (Some(json!({"displayName": unique("Renamed")})), None),
         Body::ServerPatch => (Some(json!({"location": unique("rack")})), None),
         Body::TenantPatch => (Some(json!({"name": unique("Renamed")})), None),
+        // The domain with this id is made by the matrix right before the call.
+        Body::NewBackup => {
+            let domain = uuid::Uuid::new_v4().to_string();
+            (
+                Some(json!({ "type": "CLIENT_SITE", "targetId": domain })),
+                Some((
+                    "SELECT count(*) FROM backup_jobs WHERE target_id = $1::uuid".into(),
+                    domain,
+                )),
+            )
+        }
+        Body::NewHosting | Body::NewZone => {
+            let domain = format!("{}.example.org", unique("site"));
+            (
+                Some(json!({ "domain": domain })),
+                Some((
+                    "SELECT count(*) FROM domains WHERE name = $1".into(),
+                    domain,
+                )),
+            )
+        }
+        Body::NewRecord => {
+            let name = unique("rec");
+            (
+                Some(json!({ "name": name, "data": { "type": "A", "address": "192.0.2.7" } })),
+                Some((
+                    "SELECT count(*) FROM dns_records WHERE name = $1".into(),
+                    name,
+                )),
+            )
+        }
+        Body::RecordPatch => (Some(json!({ "ttl": 600 })), None),
+        // The domain is made by the matrix right before the call.
+        Body::NewMailbox => {
+            let email = format!("{}@{}.example.org", unique("box"), unique("mailhost"));
+            (
+                Some(json!({ "email": email })),
+                Some((
+                    "SELECT count(*) FROM mail_accounts WHERE email = $1".into(),
+                    email,
+                )),
+            )
+        }
+        // The server is made by the matrix right before the call.
+        Body::NewVps => {
+            let name = unique("vps");
+            (
+                Some(json!({ "name": name, "serverId": "{server}" })),
+                Some((
+                    "SELECT count(*) FROM vps_instances WHERE name = $1".into(),
+                    name,
+                )),
+            )
+        }
     }
 }
 
@@ -457,6 +779,28 @@ async fn role_matrix_matches_the_permission_table() {
             let (mut body, created) = body_for(route.body);
             if let Some(b) = body.as_mut().filter(|b| b["productId"] == "{product}") {
                 b["productId"] = json!(id_of(&create_product(&app, &root).await));
+            }
+            if let Some(b) = body
+                .as_ref()
+                .filter(|_| matches!(route.body, Body::NewBackup))
+            {
+                create_domain(&app, b["targetId"].as_str().unwrap()).await;
+            }
+            if let Some(b) = body
+                .as_ref()
+                .filter(|_| matches!(route.body, Body::NewMailbox))
+            {
+                let domain = b["email"]
+                    .as_str()
+                    .unwrap()
+                    .split('@')
+                    .nth(1)
+                    .unwrap()
+                    .to_owned();
+                create_named_domain(&app, &domain).await;
+            }
+            if let Some(b) = body.as_mut().filter(|b| b["serverId"] == "{server}") {
+                b["serverId"] = json!(id_of(&create_server(&app, &root, &unique("vm-host")).await));
             }
             let reply = authed(&app, caller.token())
                 .send(method(route.method), &path, body.as_ref())
@@ -1663,5 +2007,102 @@ async fn selling_rows_of_another_tenant_answer_404_everywhere() {
     assert_eq!((status.as_str(), sub_status.as_str()), ("PAID", "ACTIVE"));
 
     pool.close().await;
+    app.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The matrix covers the OpenAPI document
+// ---------------------------------------------------------------------------------------------
+
+/// Routes that no operator role gates: public, authenticated by a credential of their own
+/// (the internal key, a Stripe signature, an enrollment token, a refresh token), or open to
+/// any signed-in operator about themselves. Each is tested in its own suite.
+const NOT_ROLE_GATED: &[(&str, &str)] = &[
+    ("POST", "/api/auth/login"),
+    ("POST", "/api/auth/refresh"),
+    ("POST", "/api/auth/logout"),
+    ("GET", "/api/public/health"),
+    ("GET", "/api/public/products"),
+    ("GET", "/api/public/plans"),
+    ("GET", "/api/products/public"),
+    ("GET", "/api/plans/public"),
+    ("POST", "/api/orders"),
+    ("POST", "/api/webhooks/stripe"),
+    ("POST", "/api/agents/enroll"),
+    ("POST", "/api/backups/report"),
+];
+
+/// `/api/users/{user}?x=1` → `/api/users/{}`.
+fn shape(path: &str) -> String {
+    let path = path.split('?').next().unwrap_or(path);
+    let mut out = String::new();
+    let mut in_param = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                in_param = true;
+                out.push_str("{}");
+            }
+            '}' => in_param = false,
+            _ if in_param => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_route_of_the_openapi_document_is_in_the_matrix() {
+    let app = TestApp::spawn().await;
+    let doc = anon(&app).get("/api/openapi.json").await.expect(200);
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|m| ["get", "post", "put", "patch", "delete"].contains(&m.as_str()))
+                .map(|m| (m.to_uppercase(), shape(path)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let matrix: BTreeSet<(String, String)> = MATRIX
+        .iter()
+        .map(|r| (r.method.to_owned(), shape(r.path)))
+        .collect();
+    let open: BTreeSet<(String, String)> = NOT_ROLE_GATED
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), shape(p)))
+        .collect();
+    let untested: Vec<_> = documented
+        .iter()
+        .filter(|r| !matrix.contains(*r) && !open.contains(*r))
+        .collect();
+    assert!(
+        untested.is_empty(),
+        "documented routes missing from the role matrix: {untested:?}"
+    );
+    let undocumented: Vec<_> = matrix.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "matrix routes missing from the OpenAPI document: {undocumented:?}"
+    );
+    // Role-gated operations say so in the document; the open ones do not claim a bearer.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let key = (method.to_uppercase(), shape(path));
+            let bearer = op["security"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some()));
+            if matrix.contains(&key) {
+                assert!(
+                    bearer,
+                    "{method} {path} is role-gated but documents no bearer"
+                );
+            }
+        }
+    }
     app.cleanup().await;
 }

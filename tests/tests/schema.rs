@@ -619,6 +619,14 @@ VALUES ('stripe', 'evt_1', 'payment_intent.succeeded', '{}',
 INSERT INTO server_metrics (tenant_id, server_id, collected_at, cpu_percent)
 VALUES ('00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-000000000003',
         now(), 12.5);
+INSERT INTO order_credentials (tenant_id, order_id, kind, label, sealed)
+VALUES ('00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-000000000007',
+        'MAILBOX', 'info@example.com', '\x00');
+INSERT INTO outbound_emails (tenant_id, order_id, kind, dedupe_key, to_addresses, subject,
+                             sealed_body)
+VALUES ('00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-000000000007',
+        'WELCOME', 'welcome:00000000-0000-0000-0000-000000000007', '{client@example.com}',
+        'Welcome', '\x00');
 "#;
 
 const UNIQUE_VIOLATION: &str = "23505";

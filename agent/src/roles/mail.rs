@@ -35,10 +35,8 @@
 
 use std::{
     fs,
-    io::Write,
-    os::unix::fs::{MetadataExt, PermissionsExt},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use mpanel_protocol::{
@@ -50,39 +48,16 @@ use mpanel_protocol::{
     messages::Outcome,
 };
 
-use crate::config::MailConfig;
+use crate::{
+    config::MailConfig,
+    host::{Failure, is_root, run, stage, sync_dir, to_outcome},
+};
 
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const NOLOGIN: &str = "nologin";
+const IO: &str = "mail_io_failed";
 
 /// Mail commands touch the same files: one at a time.
 static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Why a mail command failed, as it becomes an [`Outcome::Error`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub code: &'static str,
-    pub message: String,
-    pub retryable: bool,
-}
-
-impl Failure {
-    fn new(code: &'static str, message: impl Into<String>, retryable: bool) -> Failure {
-        Failure {
-            code,
-            message: message.into(),
-            retryable,
-        }
-    }
-
-    fn io(what: &str, path: &Path, e: std::io::Error) -> Failure {
-        Failure::new(
-            "mail_io_failed",
-            format!("{what} {}: {e}", path.display()),
-            true,
-        )
-    }
-}
 
 fn configured(config: Option<&MailConfig>) -> Result<&MailConfig, Failure> {
     config.ok_or_else(|| {
@@ -92,15 +67,6 @@ fn configured(config: Option<&MailConfig>) -> Result<&MailConfig, Failure> {
             false,
         )
     })
-}
-
-fn to_outcome<T: serde::Serialize>(result: Result<T, Failure>) -> Outcome {
-    match result {
-        Ok(out) => {
-            Outcome::ok(&out).unwrap_or_else(|e| Outcome::error("internal", &e.to_string(), false))
-        }
-        Err(f) => Outcome::error(f.code, &f.message, f.retryable),
-    }
 }
 
 /// Logs at start whether the mail role can work (its section and its postmap command).
@@ -291,7 +257,7 @@ impl Files {
         let read = |p: &Path| match fs::read_to_string(p) {
             Ok(s) => Ok((true, s)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((false, String::new())),
-            Err(e) => Err(Failure::io("read", p, e)),
+            Err(e) => Err(Failure::io(IO, "read", p, e)),
         };
         let (domains_existed, domains) = read(&cfg.virtual_mailbox_domains)?;
         let (maps_existed, maps) = read(&cfg.virtual_mailbox_maps)?;
@@ -421,7 +387,7 @@ async fn apply(cfg: &MailConfig, old: &Files, new: &Files) -> Result<bool, Failu
     // Stage every new content before renaming any.
     let mut staged = Vec::new();
     for t in &changed {
-        match stage(t.path, t.new, t.default_mode) {
+        match stage(IO, t.path, t.new, t.default_mode) {
             Ok(tmp) => staged.push((t, tmp)),
             Err(f) => {
                 for (_, tmp) in &staged {
@@ -442,7 +408,7 @@ async fn apply(cfg: &MailConfig, old: &Files, new: &Files) -> Result<bool, Failu
             Ok(()) => renamed.push(t),
             Err(e) => {
                 let _ = fs::remove_file(tmp);
-                failure = Some(Failure::io("replace", t.path, e));
+                failure = Some(Failure::io(IO, "replace", t.path, e));
             }
         }
     }
@@ -468,11 +434,11 @@ async fn apply(cfg: &MailConfig, old: &Files, new: &Files) -> Result<bool, Failu
     // Put back what was there.
     for t in renamed {
         let restored = if t.existed {
-            stage(t.path, t.old, t.default_mode).and_then(|tmp| {
-                fs::rename(&tmp, t.path).map_err(|e| Failure::io("restore", t.path, e))
+            stage(IO, t.path, t.old, t.default_mode).and_then(|tmp| {
+                fs::rename(&tmp, t.path).map_err(|e| Failure::io(IO, "restore", t.path, e))
             })
         } else {
-            fs::remove_file(t.path).map_err(|e| Failure::io("remove", t.path, e))
+            fs::remove_file(t.path).map_err(|e| Failure::io(IO, "remove", t.path, e))
         };
         if let Err(f) = restored {
             tracing::error!(code = f.code, "mail rollback failed: {}", f.message);
@@ -482,49 +448,6 @@ async fn apply(cfg: &MailConfig, old: &Files, new: &Files) -> Result<bool, Failu
         tracing::warn!("rebuilding the maps after a rollback failed: {}", f.message);
     }
     Err(failure)
-}
-
-/// Writes `contents` to a new temp file beside `path` with the mode and owner of `path`
-/// (or `default_mode`), fsynced. Returns the temp file's path.
-fn stage(path: &Path, contents: &str, default_mode: u32) -> Result<PathBuf, Failure> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.mpanel-{}-{:016x}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    let existing = fs::metadata(path).ok();
-    let mode = existing
-        .as_ref()
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(default_mode);
-    let write = || -> std::io::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        if let Some(m) = &existing
-            && is_root()
-        {
-            std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()))?;
-        }
-        f.write_all(contents.as_bytes())?;
-        f.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Failure::io("write", &tmp, e)
-    })?;
-    Ok(tmp)
-}
-
-fn sync_dir(path: &Path) -> std::io::Result<()> {
-    fs::File::open(path.parent().unwrap_or(Path::new("/")))?.sync_all()
 }
 
 fn db_path(map: &Path) -> PathBuf {
@@ -537,8 +460,9 @@ async fn postmap_all(cfg: &MailConfig) -> Result<(), Failure> {
     for map in [&cfg.virtual_mailbox_domains, &cfg.virtual_mailbox_maps] {
         if !map.exists() {
             // postmap needs a source; an empty map is what a missing one means.
-            stage(map, "", 0o644)
-                .and_then(|tmp| fs::rename(&tmp, map).map_err(|e| Failure::io("create", map, e)))?;
+            stage(IO, map, "", 0o644).and_then(|tmp| {
+                fs::rename(&tmp, map).map_err(|e| Failure::io(IO, "create", map, e))
+            })?;
         }
         let argv = vec![
             cfg.postmap.display().to_string(),
@@ -547,56 +471,6 @@ async fn postmap_all(cfg: &MailConfig) -> Result<(), Failure> {
         run("postmap_failed", &argv, false).await?;
     }
     Ok(())
-}
-
-/// Runs `argv` with a timeout; a non-zero exit is `code` with the end of its stderr.
-async fn run(code: &'static str, argv: &[String], retryable: bool) -> Result<(), Failure> {
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| Failure::new(code, "empty command", false))?;
-    let mut command = tokio::process::Command::new(program);
-    command
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let output = match tokio::time::timeout(COMMAND_TIMEOUT, command.output()).await {
-        Ok(Ok(o)) => o,
-        Ok(Err(e)) => {
-            return Err(Failure::new(
-                code,
-                format!("could not run {program}: {e}"),
-                retryable,
-            ));
-        }
-        Err(_) => {
-            return Err(Failure::new(
-                code,
-                format!(
-                    "{} did not finish within {COMMAND_TIMEOUT:?}",
-                    argv.join(" ")
-                ),
-                true,
-            ));
-        }
-    };
-    if output.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let tail: String = stderr
-        .trim()
-        .chars()
-        .rev()
-        .take(500)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    Err(Failure::new(
-        code,
-        format!("{} failed ({}): {tail}", argv.join(" "), output.status),
-        retryable,
-    ))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -609,11 +483,6 @@ fn maildir(cfg: &MailConfig, address: &EmailAddress) -> PathBuf {
         .join(address.local_part())
 }
 
-/// Whether this process runs as root (`/proc/self` belongs to the effective uid).
-fn is_root() -> bool {
-    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
 /// Creates `vmail_root/domain/local/{cur,new,tmp}` (0700, owned by vmail when root);
 /// `Ok(true)` when something was created. Refuses a symlink anywhere below `vmail_root`.
 fn ensure_maildir(cfg: &MailConfig, address: &EmailAddress) -> Result<bool, Failure> {
@@ -621,7 +490,8 @@ fn ensure_maildir(cfg: &MailConfig, address: &EmailAddress) -> Result<bool, Fail
     let mail_dir = domain_dir.join(address.local_part());
     let mut dirs = vec![domain_dir, mail_dir.clone()];
     dirs.extend(["cur", "new", "tmp"].map(|d| mail_dir.join(d)));
-    fs::create_dir_all(&cfg.vmail_root).map_err(|e| Failure::io("create", &cfg.vmail_root, e))?;
+    fs::create_dir_all(&cfg.vmail_root)
+        .map_err(|e| Failure::io(IO, "create", &cfg.vmail_root, e))?;
     let root = is_root();
     let mut created = false;
     for dir in &dirs {
@@ -635,16 +505,16 @@ fn ensure_maildir(cfg: &MailConfig, address: &EmailAddress) -> Result<bool, Fail
                 ));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::create_dir(dir).map_err(|e| Failure::io("create", dir, e))?;
+                fs::create_dir(dir).map_err(|e| Failure::io(IO, "create", dir, e))?;
                 fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-                    .map_err(|e| Failure::io("chmod", dir, e))?;
+                    .map_err(|e| Failure::io(IO, "chmod", dir, e))?;
                 if root {
                     std::os::unix::fs::lchown(dir, Some(cfg.vmail_uid), Some(cfg.vmail_gid))
-                        .map_err(|e| Failure::io("chown", dir, e))?;
+                        .map_err(|e| Failure::io(IO, "chown", dir, e))?;
                 }
                 created = true;
             }
-            Err(e) => return Err(Failure::io("inspect", dir, e)),
+            Err(e) => return Err(Failure::io(IO, "inspect", dir, e)),
         }
     }
     if created && !root {

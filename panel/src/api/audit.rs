@@ -1,11 +1,14 @@
 //! `GET /api/audit`: the tenant's audit log, newest first, filterable by action, user and
 //! time range.
 
-use axum::{Json, Router, extract::State, routing::get};
+use axum::{Json, extract::State};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use super::openapi::{Errors, ListParams};
 use crate::{
     app::AppState,
     auth::permissions::{Require, perm},
@@ -15,11 +18,11 @@ use crate::{
     },
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/", get(list))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
     pub id: Uuid,
@@ -28,12 +31,15 @@ pub struct AuditEntry {
     pub action: String,
     pub ip_address: Option<String>,
     pub user_agent: Option<String>,
+    /// What the action concerned (ids, changes); its shape depends on the action.
+    #[schema(value_type = Option<Value>)]
     pub details: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct Filter {
     /// Exact action (`auth.login`), or a prefix ending in `.*` (`auth.*`).
     action: Option<String>,
@@ -42,6 +48,10 @@ struct Filter {
     to: Option<DateTime<Utc>>,
 }
 
+/// The tenant's audit log, newest first. Sortable by createdAt, action.
+#[utoipa::path(get, path = "", tag = "audit", operation_id = "listAuditLog", security(("bearer" = [])),
+    params(ListParams, Filter),
+    responses((status = 200, description = "A page of audit entries", body = Page<AuditEntry>), Errors))]
 async fn list(
     State(state): State<AppState>,
     user: Require<perm::AuditRead>,

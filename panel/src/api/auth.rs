@@ -1,17 +1,15 @@
 //! `/api/auth`: login, refresh, me, logout (spec §6.1).
 
-use axum::{
-    Json, Router,
-    extract::State,
-    http::StatusCode,
-    routing::{get, post},
-};
+use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use mpanel_protocol::EmailAddress;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use super::openapi::Errors;
 use crate::{
     app::AppState,
     audit::{self, Entry},
@@ -29,35 +27,54 @@ use crate::{
     model::UserRole,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/login", post(login))
-        .route("/refresh", post(refresh))
-        .route("/me", get(me))
-        .route("/logout", post(logout))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(me))
+        .routes(routes!(logout))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LoginRequest {
+    #[schema(format = Email)]
     email: String,
+    /// 1 to 1024 bytes.
+    #[schema(min_length = 1)]
     password: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RefreshRequest {
     refresh_token: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct TokenResponse {
+    /// The access token (a JWT) for `Authorization: Bearer`.
     token: String,
+    /// One-time: trade it on `/api/auth/refresh` for a new pair.
     refresh_token: String,
     /// Seconds until `token` expires.
     expires_in: u64,
+    #[schema(value_type = SessionUserView)]
     user: SessionUser,
+}
+
+/// The user a session belongs to (documents `auth::session::SessionUser`, which is what is
+/// serialized).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "camelCase")]
+struct SessionUserView {
+    id: Uuid,
+    email: String,
+    display_name: String,
+    role: UserRole,
+    tenant_id: Uuid,
 }
 
 fn invalid_credentials() -> ApiError {
@@ -77,6 +94,10 @@ struct LoginRow {
     user: SessionUser,
 }
 
+/// Trades an e-mail and password for an access token and a refresh token.
+#[utoipa::path(post, path = "/login", tag = "auth", operation_id = "login",
+    request_body = LoginRequest,
+    responses((status = 200, description = "Signed in", body = TokenResponse), Errors))]
 async fn login(
     State(state): State<AppState>,
     client: ClientMeta,
@@ -186,6 +207,11 @@ fn token_response(
     })
 }
 
+/// Trades a refresh token for a new access token and a new refresh token (rotation; a reused
+/// refresh token ends its session).
+#[utoipa::path(post, path = "/refresh", tag = "auth", operation_id = "refreshToken",
+    request_body = RefreshRequest,
+    responses((status = 200, description = "A new token pair", body = TokenResponse), Errors))]
 async fn refresh(
     State(state): State<AppState>,
     client: ClientMeta,
@@ -242,6 +268,10 @@ async fn audit_reuse(
     .await
 }
 
+/// Ends the session of a refresh token (idempotent: an unknown or ended one is fine too).
+#[utoipa::path(post, path = "/logout", tag = "auth", operation_id = "logout", security(("bearer" = [])),
+    request_body = RefreshRequest,
+    responses((status = 204, description = "The session is ended"), Errors))]
 async fn logout(
     State(state): State<AppState>,
     client: ClientMeta,
@@ -273,7 +303,7 @@ async fn logout(
     }
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Me {
     id: Uuid,
@@ -285,9 +315,20 @@ struct Me {
     last_login_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     #[sqlx(json)]
-    tenant: serde_json::Value,
+    tenant: MeTenant,
 }
 
+/// The caller's tenant, in short.
+#[derive(Serialize, Deserialize, ToSchema)]
+struct MeTenant {
+    id: Uuid,
+    name: String,
+    slug: String,
+}
+
+/// The signed-in operator, with their tenant.
+#[utoipa::path(get, path = "/me", tag = "auth", operation_id = "getMe", security(("bearer" = [])),
+    responses((status = 200, description = "The caller", body = Me), Errors))]
 async fn me(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Json<Me>> {
     let me: Me = sqlx::query_as(
         "SELECT u.id, u.email, u.display_name, u.role, u.tenant_id, u.is_active,

@@ -1,13 +1,24 @@
 //! `/api/products` and `/api/plans`: the tenant's catalog (spec §6.2). Deleting deactivates,
 //! because orders and subscriptions keep pointing at what was sold.
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::Response,
+};
 use chrono::{DateTime, Utc};
 use mpanel_protocol::{Currency, PhpVersion, Slug};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use super::{
+    openapi::{Errors, ListParams},
+    public::{CatalogQuery, PublicPlanList, PublicProductList},
+};
 use crate::{
     app::AppState,
     audit::{self, Entry},
@@ -15,36 +26,28 @@ use crate::{
     http::{
         client::ClientMeta,
         error::{ApiError, ApiResult},
-        extract::{ApiJson, IdPath},
+        extract::{ApiJson, ApiQuery, IdPath},
         list::{ListQuery, Page, fetch_page},
         patch::nullable,
     },
     model::{BillingInterval, ProductType},
 };
 
-pub fn products_router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(list_products).post(create_product))
-        .route("/public", get(super::public::products))
-        .route(
-            "/{id}",
-            get(product_detail)
-                .patch(update_product)
-                .delete(deactivate_product),
-        )
+pub fn products_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_products, create_product))
+        .routes(routes!(public_products))
+        .routes(routes!(product_detail, update_product, deactivate_product))
 }
 
-pub fn plans_router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(list_plans).post(create_plan))
-        .route("/public", get(super::public::plans))
-        .route(
-            "/{id}",
-            get(plan_detail).patch(update_plan).delete(deactivate_plan),
-        )
+pub fn plans_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_plans, create_plan))
+        .routes(routes!(public_plans))
+        .routes(routes!(plan_detail, update_plan, deactivate_plan))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Product {
     pub id: Uuid,
@@ -63,7 +66,7 @@ pub struct Product {
 const PRODUCT_COLUMNS: &str =
     "id, tenant_id, name, slug, type, description, is_active, created_at, updated_at";
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Plan {
     pub id: Uuid,
@@ -77,6 +80,8 @@ pub struct Plan {
     pub billing_interval: BillingInterval,
     pub is_popular: bool,
     pub is_active: bool,
+    /// What the plan includes (see `PlanLimits`).
+    #[schema(value_type = Option<Object>)]
     pub limits_json: Option<Value>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -88,7 +93,7 @@ const PLAN_COLUMNS: &str = "id, tenant_id, product_id, name, slug, price_monthly
 
 /// What a plan includes (spec: `{ diskGb, bandwidthGb, sites, emails }`), plus the PHP
 /// version its sites get. Unknown keys are refused so a typo cannot silently sell nothing.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PlanLimits {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,7 +104,9 @@ pub struct PlanLimits {
     pub sites: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub emails: Option<u32>,
+    /// `MAJOR.MINOR`, such as `8.3`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, pattern = r"^[5-9]\.[0-9]{1,2}$")]
     pub php_version: Option<PhpVersion>,
 }
 
@@ -187,15 +194,21 @@ async fn audit_change(
 
 // ----- products ---------------------------------------------------------------------------
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct ProductFilter {
     #[serde(rename = "type")]
     kind: Option<ProductType>,
     is_active: Option<bool>,
+    /// Part of the name or slug.
     q: Option<String>,
 }
 
+/// The tenant's products. Sortable by name, slug, createdAt.
+#[utoipa::path(get, path = "", tag = "catalog", operation_id = "listProducts", security(("bearer" = [])),
+    params(ListParams, ProductFilter),
+    responses((status = 200, description = "A page of products", body = Page<Product>), Errors))]
 async fn list_products(
     State(state): State<AppState>,
     user: Require<perm::CatalogRead>,
@@ -239,6 +252,10 @@ async fn find_product(db: impl sqlx::PgExecutor<'_>, tenant: Uuid, id: Uuid) -> 
     .ok_or(ApiError::NotFound("product"))
 }
 
+/// One product.
+#[utoipa::path(get, path = "/{id}", tag = "catalog", operation_id = "getProduct", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The product's id")),
+    responses((status = 200, description = "The product", body = Product), Errors))]
 async fn product_detail(
     State(state): State<AppState>,
     user: Require<perm::CatalogRead>,
@@ -247,17 +264,25 @@ async fn product_detail(
     find_product(&state.db, user.tenant_id, id).await.map(Json)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CreateProduct {
+    /// 1-100 characters.
     name: String,
+    /// Lowercase letters, digits and hyphens; unique in the tenant.
     slug: String,
     #[serde(rename = "type")]
     kind: ProductType,
+    /// At most 2000 characters.
     description: Option<String>,
+    /// Default true.
     is_active: Option<bool>,
 }
 
+/// Adds a product to the catalog.
+#[utoipa::path(post, path = "", tag = "catalog", operation_id = "createProduct", security(("bearer" = [])),
+    request_body = CreateProduct,
+    responses((status = 201, description = "The new product", body = Product), Errors))]
 async fn create_product(
     State(state): State<AppState>,
     user: Require<perm::CatalogWrite>,
@@ -297,7 +322,8 @@ async fn create_product(
     Ok((StatusCode::CREATED, Json(product)))
 }
 
-#[derive(Deserialize)]
+/// Only the fields sent change; `description: null` clears it.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct UpdateProduct {
     name: Option<String>,
@@ -305,10 +331,16 @@ struct UpdateProduct {
     #[serde(rename = "type")]
     kind: Option<ProductType>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
     description: Option<Option<String>>,
     is_active: Option<bool>,
 }
 
+/// Changes a product.
+#[utoipa::path(patch, path = "/{id}", tag = "catalog", operation_id = "updateProduct", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The product's id")),
+    request_body = UpdateProduct,
+    responses((status = 200, description = "The product, changed", body = Product), Errors))]
 async fn update_product(
     State(state): State<AppState>,
     user: Require<perm::CatalogWrite>,
@@ -359,6 +391,10 @@ async fn update_product(
     Ok(Json(product))
 }
 
+/// Deactivates a product (orders and subscriptions keep pointing at it).
+#[utoipa::path(delete, path = "/{id}", tag = "catalog", operation_id = "deactivateProduct", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The product's id")),
+    responses((status = 204, description = "Deactivated"), Errors))]
 async fn deactivate_product(
     State(state): State<AppState>,
     user: Require<perm::CatalogWrite>,
@@ -386,14 +422,20 @@ async fn deactivate_product(
 
 // ----- plans ------------------------------------------------------------------------------
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct PlanFilter {
     product_id: Option<Uuid>,
     is_active: Option<bool>,
+    /// Part of the name or slug.
     q: Option<String>,
 }
 
+/// The tenant's plans. Sortable by name, slug, priceMonthlyCents, createdAt.
+#[utoipa::path(get, path = "", tag = "catalog", operation_id = "listPlans", security(("bearer" = [])),
+    params(ListParams, PlanFilter),
+    responses((status = 200, description = "A page of plans", body = Page<Plan>), Errors))]
 async fn list_plans(
     State(state): State<AppState>,
     user: Require<perm::CatalogRead>,
@@ -438,6 +480,10 @@ async fn find_plan(db: impl sqlx::PgExecutor<'_>, tenant: Uuid, id: Uuid) -> Api
     .ok_or(ApiError::NotFound("plan"))
 }
 
+/// One plan.
+#[utoipa::path(get, path = "/{id}", tag = "catalog", operation_id = "getPlan", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The plan's id")),
+    responses((status = 200, description = "The plan", body = Plan), Errors))]
 async fn plan_detail(
     State(state): State<AppState>,
     user: Require<perm::CatalogRead>,
@@ -446,21 +492,35 @@ async fn plan_detail(
     find_plan(&state.db, user.tenant_id, id).await.map(Json)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CreatePlan {
+    /// A product of the tenant.
     product_id: Uuid,
+    /// 1-100 characters.
     name: String,
+    /// Lowercase letters, digits and hyphens; unique in the tenant.
     slug: String,
+    /// Whole cents, 0 or more.
     price_monthly_cents: i64,
+    /// Whole cents, 0 or more.
     price_yearly_cents: i64,
+    /// A three-letter ISO 4217 code (default `usd`).
     currency: Option<String>,
+    /// Default MONTHLY.
     billing_interval: Option<BillingInterval>,
+    /// Default false.
     is_popular: Option<bool>,
+    /// Default true.
     is_active: Option<bool>,
+    #[schema(value_type = Option<PlanLimits>)]
     limits_json: Option<Value>,
 }
 
+/// Adds a plan to a product.
+#[utoipa::path(post, path = "", tag = "catalog", operation_id = "createPlan", security(("bearer" = [])),
+    request_body = CreatePlan,
+    responses((status = 201, description = "The new plan", body = Plan), Errors))]
 async fn create_plan(
     State(state): State<AppState>,
     user: Require<perm::CatalogWrite>,
@@ -512,7 +572,8 @@ async fn create_plan(
     Ok((StatusCode::CREATED, Json(plan)))
 }
 
-#[derive(Deserialize)]
+/// Only the fields sent change; `limitsJson: null` clears the limits.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct UpdatePlan {
     name: Option<String>,
@@ -524,9 +585,15 @@ struct UpdatePlan {
     is_popular: Option<bool>,
     is_active: Option<bool>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<PlanLimits>)]
     limits_json: Option<Option<Value>>,
 }
 
+/// Changes a plan (orders already placed keep their price).
+#[utoipa::path(patch, path = "/{id}", tag = "catalog", operation_id = "updatePlan", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The plan's id")),
+    request_body = UpdatePlan,
+    responses((status = 200, description = "The plan, changed", body = Plan), Errors))]
 async fn update_plan(
     State(state): State<AppState>,
     user: Require<perm::CatalogWrite>,
@@ -597,6 +664,10 @@ async fn update_plan(
     Ok(Json(plan))
 }
 
+/// Deactivates a plan (orders and subscriptions keep pointing at it).
+#[utoipa::path(delete, path = "/{id}", tag = "catalog", operation_id = "deactivatePlan", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The plan's id")),
+    responses((status = 204, description = "Deactivated"), Errors))]
 async fn deactivate_plan(
     State(state): State<AppState>,
     user: Require<perm::CatalogWrite>,
@@ -620,4 +691,61 @@ async fn deactivate_plan(
     .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ----- the marketing site's catalog ---------------------------------------------------------
+// `/api/products/public` and `/api/plans/public` answer exactly what `/api/public/products`
+// and `/api/public/plans` answer (`super::public`, whose schemas they share); these wrappers
+// document them under their second path.
+
+/// The marketing site's catalog: active products with their active plans (no token).
+#[utoipa::path(get, path = "/public", tag = "catalog", operation_id = "listProductsPublic",
+    params(
+        ("tenant" = Option<String>, Query, description = "Tenant slug; may be left out while only one tenant is active"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer"),
+    ),
+    responses(
+        (status = 200, description = "The active products", body = PublicProductList, headers(
+            ("ETag" = String, description = "A strong validator of the body"),
+            ("Cache-Control" = String, description = "`public, max-age=60`"),
+        )),
+        (status = 304, description = "Unchanged since the ETag sent in If-None-Match; no body", headers(
+            ("ETag" = String, description = "The body's validator"),
+            ("Cache-Control" = String, description = "`public, max-age=60`"),
+        )),
+        Errors,
+    ))]
+async fn public_products(
+    state: State<AppState>,
+    headers: HeaderMap,
+    query: ApiQuery<CatalogQuery>,
+) -> ApiResult<Response> {
+    super::public::products(state, headers, query).await
+}
+
+/// The marketing site's plans: active plans of active products, optionally of one product
+/// (no token).
+#[utoipa::path(get, path = "/public", tag = "catalog", operation_id = "listPlansPublic",
+    params(
+        ("tenant" = Option<String>, Query, description = "Tenant slug; may be left out while only one tenant is active"),
+        ("product" = Option<String>, Query, description = "Only this product's plans (a product slug)"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer"),
+    ),
+    responses(
+        (status = 200, description = "The active plans", body = PublicPlanList, headers(
+            ("ETag" = String, description = "A strong validator of the body"),
+            ("Cache-Control" = String, description = "`public, max-age=60`"),
+        )),
+        (status = 304, description = "Unchanged since the ETag sent in If-None-Match; no body", headers(
+            ("ETag" = String, description = "The body's validator"),
+            ("Cache-Control" = String, description = "`public, max-age=60`"),
+        )),
+        Errors,
+    ))]
+async fn public_plans(
+    state: State<AppState>,
+    headers: HeaderMap,
+    query: ApiQuery<CatalogQuery>,
+) -> ApiResult<Response> {
+    super::public::plans(state, headers, query).await
 }

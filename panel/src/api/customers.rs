@@ -1,10 +1,13 @@
 //! `/api/customers`: the buyers, found or created by paid orders.
 
-use axum::{Json, Router, extract::State, routing::get};
+use axum::{Json, extract::State};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use super::openapi::{Errors, ListParams};
 use crate::{
     app::AppState,
     auth::permissions::{Require, perm},
@@ -15,13 +18,13 @@ use crate::{
     },
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(list))
-        .route("/{id}", get(detail))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(detail))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Customer {
     pub id: Uuid,
@@ -44,14 +47,19 @@ const COLUMNS: &str = "c.id, c.tenant_id, c.email, c.full_name, c.phone, c.strip
         (SELECT count(*) FROM subscriptions s WHERE s.customer_id = c.id AND s.status = 'ACTIVE')
             AS active_subscriptions";
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct Filter {
     is_active: Option<bool>,
     /// Part of the e-mail or name.
     q: Option<String>,
 }
 
+/// The tenant's customers, newest first. Sortable by createdAt, email.
+#[utoipa::path(get, path = "", tag = "customers", operation_id = "listCustomers", security(("bearer" = [])),
+    params(ListParams, Filter),
+    responses((status = 200, description = "A page of customers", body = Page<Customer>), Errors))]
 async fn list(
     State(state): State<AppState>,
     user: Require<perm::CustomersRead>,
@@ -73,6 +81,10 @@ async fn list(
     Ok(Json(page))
 }
 
+/// One customer, with their counts.
+#[utoipa::path(get, path = "/{id}", tag = "customers", operation_id = "getCustomer", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The customer's id")),
+    responses((status = 200, description = "The customer", body = Customer), Errors))]
 async fn detail(
     State(state): State<AppState>,
     user: Require<perm::CustomersRead>,

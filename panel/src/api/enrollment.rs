@@ -12,18 +12,20 @@
 use std::time::Duration;
 
 use axum::{
-    Json, Router,
+    Json,
     extract::State,
     http::{HeaderMap, StatusCode, header},
-    routing::post,
 };
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use mpanel_protocol::messages::{EnrollRequest, EnrollResponse};
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use super::openapi::Errors;
 use crate::{
     app::AppState,
     auth::{
@@ -38,21 +40,25 @@ use crate::{
     },
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/servers/{id}/enrollment-token", post(create_token))
-        .route("/agents/enroll", post(enroll_agent))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_token))
+        .routes(routes!(enroll_agent))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(as = CreateEnrollmentToken)]
 struct CreateToken {
     /// 1 to 1440; 60 when absent.
+    #[schema(minimum = 1, maximum = 1440)]
     ttl_minutes: Option<u32>,
 }
 
-#[derive(Serialize)]
+/// A one-time enrollment token and the command that uses it.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = EnrollmentToken)]
 struct TokenCreated {
     token: String,
     expires_at: DateTime<Utc>,
@@ -82,6 +88,12 @@ fn optional_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<CreateToken> {
     parse_json(body)
 }
 
+/// A one-time enrollment token for one of the tenant's live servers, and the command to run
+/// on it. The body is optional.
+#[utoipa::path(post, path = "/servers/{id}/enrollment-token", tag = "enrollment", operation_id = "createEnrollmentToken", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The server's id")),
+    request_body(content = Option<CreateToken>, description = "Optional; none (or an empty body) means the defaults", content_type = "application/json"),
+    responses((status = 201, description = "The token", body = TokenCreated), Errors))]
 #[instrument(skip_all, fields(server_id = %id))]
 async fn create_token(
     State(state): State<AppState>,
@@ -127,6 +139,48 @@ async fn create_token(
     ))
 }
 
+/// The body of `POST /api/agents/enroll` (documents `mpanel_protocol`'s `EnrollRequest`).
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = EnrollRequest)]
+#[allow(dead_code)]
+struct EnrollRequestView {
+    /// The one-time enrollment token.
+    token: String,
+    /// A PKCS#10 request for the key the agent generated (ECDSA P-256), in PEM.
+    #[schema(max_length = 16384)]
+    csr_pem: String,
+    /// The machine's host name.
+    hostname: String,
+    /// The agent's version (`0.1.0`).
+    #[schema(max_length = 64)]
+    version: String,
+}
+
+/// The answer of `POST /api/agents/enroll` (documents `mpanel_protocol`'s `EnrollResponse`).
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase", as = EnrollResponse)]
+#[allow(dead_code)]
+struct EnrollResponseView {
+    agent_id: Uuid,
+    server_id: Uuid,
+    /// The agent's client certificate, in PEM.
+    certificate_pem: String,
+    /// The panel's CA certificate, in PEM.
+    ca_pem: String,
+    ca_fingerprint: String,
+    /// Hex serial of the certificate.
+    serial: String,
+    not_after: DateTime<Utc>,
+    /// The `wss://` address of the fleet hub.
+    hub_url: String,
+}
+
+/// The agent trades an enrollment token and a CSR for its certificate (no JWT: the token is
+/// the credential). Failed attempts are throttled per IP.
+#[utoipa::path(post, path = "/agents/enroll", tag = "enrollment", operation_id = "enrollAgent",
+    request_body = EnrollRequestView,
+    responses((status = 201, description = "Enrolled: the agent's certificate", body = EnrollResponseView), Errors))]
 #[instrument(skip_all)]
 async fn enroll_agent(
     State(state): State<AppState>,

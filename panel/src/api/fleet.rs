@@ -12,18 +12,17 @@
 
 use std::time::{Duration, Instant};
 
-use axum::{
-    Json, Router,
-    extract::State,
-    routing::{get, post},
-};
+use axum::{Json, extract::State};
 use chrono::{DateTime, Utc};
 use mpanel_protocol::messages::{Outcome, Ping, Text};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::instrument;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use super::openapi::Errors;
 use crate::{
     api::servers,
     app::AppState,
@@ -42,23 +41,29 @@ pub const MAX_HISTORY_ROWS: i64 = 2_000;
 /// The revoke reason of certificates revoked by an operator.
 pub const REVOKED_BY_OPERATOR: &str = "revoked by operator";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/servers/{id}/health", get(health))
-        .route("/servers/{id}/ping", post(ping))
-        .route("/agents/{id}/revoke", post(revoke))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(ping))
+        .routes(routes!(revoke))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct HealthQuery {
+    /// How much history to answer: 1 to 1440 minutes, 60 by default.
+    #[param(minimum = 1, maximum = 1440)]
     minutes: Option<u32>,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+/// One metrics sample the agent reported.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = MetricsSample)]
 struct Sample {
     collected_at: DateTime<Utc>,
+    /// Over all cores, 0-100.
     cpu_percent: Option<f32>,
     memory_used_bytes: Option<i64>,
     memory_total_bytes: Option<i64>,
@@ -66,11 +71,26 @@ struct Sample {
     load5: Option<f32>,
     load15: Option<f32>,
     uptime_secs: Option<i64>,
+    #[schema(value_type = Vec<DiskSample>)]
     disks: Value,
+    /// The state of each systemd unit the agent's roles rely on (`nginx` → `active`, …):
+    /// active, activating, deactivating, reloading, inactive, failed or unknown.
+    #[schema(value_type = BTreeMap<String, String>)]
     services: Value,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+/// A mounted file system's usage, as the agent reported it.
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct DiskSample {
+    mount: String,
+    used_bytes: u64,
+    total_bytes: u64,
+}
+
+/// The server's agent, when one ever enrolled.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct AgentSummary {
     id: Uuid,
@@ -81,8 +101,10 @@ struct AgentSummary {
     revoked_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Serialize)]
+/// A server's presence, latest sample and recent history.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = ServerHealth)]
 struct Health {
     server_id: Uuid,
     online: bool,
@@ -97,6 +119,11 @@ struct Health {
 const SAMPLE_COLUMNS: &str = "collected_at, cpu_percent, memory_used_bytes, memory_total_bytes, \
      load1, load5, load15, uptime_secs, disks, services";
 
+/// A server's presence, its agent, its latest metrics sample and a bounded history (at most
+/// 2000 samples).
+#[utoipa::path(get, path = "/servers/{id}/health", tag = "fleet", operation_id = "getServerHealth", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The server's id"), HealthQuery),
+    responses((status = 200, description = "The server's health", body = Health), Errors))]
 #[instrument(skip_all, fields(server_id = %id))]
 async fn health(
     State(state): State<AppState>,
@@ -151,20 +178,27 @@ async fn health(
     }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct PingQuery {
     /// How long to wait for the agent (also for it to connect): 1 to 60 s, 10 by default.
+    #[param(minimum = 1, maximum = 60)]
     timeout_secs: Option<u64>,
 }
 
-#[derive(Serialize)]
+/// The agent's answer to a ping.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct PingAnswer {
     echo: String,
     round_trip_ms: f64,
 }
 
+/// Pings the server's agent through the fleet hub; 409 when it is offline or does not answer.
+#[utoipa::path(post, path = "/servers/{id}/ping", tag = "fleet", operation_id = "pingServer", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The server's id"), PingQuery),
+    responses((status = 200, description = "The agent answered", body = PingAnswer), Errors))]
 #[instrument(skip_all, fields(server_id = %id))]
 async fn ping(
     State(state): State<AppState>,
@@ -178,6 +212,18 @@ async fn ping(
         Some(_) => return Err(ApiError::field("timeoutSecs", "must be between 1 and 60")),
     };
     servers::find(&state.db, user.tenant_id, id).await?;
+    // Waiting for an agent to connect only makes sense when one is enrolled.
+    let enrolled: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM agents WHERE server_id = $1 AND revoked_at IS NULL)",
+    )
+    .bind(id)
+    .fetch_one(&state.db)
+    .await?;
+    if !enrolled && !state.fleet.is_connected(id) {
+        return Err(ApiError::Conflict(
+            "the server has no enrolled agent (POST /api/servers/{id}/enrollment-token)".into(),
+        ));
+    }
     let echo = format!("ping-{}", Uuid::new_v4().simple());
     let started = Instant::now();
     let outcome = state
@@ -191,16 +237,21 @@ async fn ping(
         )
         .await;
     let round_trip_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let outcome = outcome.map_err(|e| {
-        let reason = match e {
-            DispatchError::Offline => "offline",
-            DispatchError::Timeout { .. } => "timeout",
-            DispatchError::Shutdown => "shutdown",
-        };
-        ApiError::Unavailable {
+    // The agent, not the panel, is what failed: a 409 the caller can act on (check the
+    // server), not a 5xx that would read as the panel being broken.
+    let outcome = outcome.map_err(|e| match e {
+        DispatchError::Offline => ApiError::Conflict(format!(
+            "the server's agent is offline (waited {} s for it to connect)",
+            wait.as_secs()
+        )),
+        DispatchError::Timeout { .. } => ApiError::Conflict(format!(
+            "the server's agent did not answer within {} s",
+            wait.as_secs()
+        )),
+        DispatchError::Shutdown => ApiError::Unavailable {
             message: e.to_string(),
-            details: json!({ "reason": reason, "waitedSecs": wait.as_secs() }),
-        }
+            details: json!({ "reason": "shutdown" }),
+        },
     })?;
     match outcome {
         Outcome::Ok { .. } => {
@@ -216,15 +267,17 @@ async fn ping(
                 round_trip_ms,
             }))
         }
-        Outcome::Error { code, message, .. } => Err(ApiError::Unavailable {
-            message: format!("the agent refused the ping: {message}"),
-            details: json!({ "reason": "agent_error", "code": code.as_str() }),
-        }),
+        Outcome::Error { code, message, .. } => Err(ApiError::Conflict(format!(
+            "the agent refused the ping ({}): {message}",
+            code.as_str()
+        ))),
     }
 }
 
-#[derive(Serialize)]
+/// What revoking an agent did.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = AgentRevoked)]
 struct Revoked {
     agent_id: Uuid,
     server_id: Uuid,
@@ -233,6 +286,10 @@ struct Revoked {
     disconnected: bool,
 }
 
+/// Revokes every certificate of an agent and cuts its live connection (SUPER_ADMIN).
+#[utoipa::path(post, path = "/agents/{id}/revoke", tag = "fleet", operation_id = "revokeAgent", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The agent's id")),
+    responses((status = 200, description = "Revoked (again: idempotent)", body = Revoked), Errors))]
 #[instrument(skip_all, fields(agent_id = %id))]
 async fn revoke(
     State(state): State<AppState>,

@@ -4,37 +4,49 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backups;
 pub mod catalog;
 pub mod customers;
+pub mod dns;
 pub mod enrollment;
 pub mod fleet;
+pub mod hosting;
 pub mod jobs;
+pub mod mail;
+pub mod openapi;
 pub mod orders;
 pub mod public;
 pub mod servers;
 pub mod subscriptions;
 pub mod tenants;
 pub mod users;
+pub mod vps;
 pub mod webhooks;
 
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+/// Every API route, relative to `/api`, with the OpenAPI document built from the same
+/// registrations.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .nest("/auth", auth::router())
         .nest("/tenants", tenants::router())
         .nest("/users", users::router())
         .nest("/products", catalog::products_router())
         .nest("/plans", catalog::plans_router())
-        .route("/public/products", axum::routing::get(public::products))
-        .route("/public/plans", axum::routing::get(public::plans))
+        .nest("/public", public::router())
         .nest("/servers", servers::router())
         .nest("/orders", orders::router())
         .nest("/subscriptions", subscriptions::router())
         .nest("/customers", customers::router())
         .nest("/jobs", jobs::router())
+        .nest("/backups", backups::router())
+        .nest("/hosting", hosting::router())
+        .nest("/dns", dns::router())
+        .nest("/mail", mail::router())
+        .nest("/vps", vps::router())
         .nest("/webhooks", webhooks::router())
         .nest("/audit", audit::router())
         .merge(enrollment::router())

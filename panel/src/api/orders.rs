@@ -1,14 +1,19 @@
 //! `/api/orders`: paid orders from the marketing backend (spec §6.3, internal key), and the
 //! operators' view of them (list, detail, status changes).
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use mpanel_protocol::{Currency, DomainName};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::users::check_email;
+use super::{
+    openapi::{Errors, ListParams},
+    users::check_email,
+};
 use crate::{
     app::AppState,
     audit::{self, Entry},
@@ -20,43 +25,91 @@ use crate::{
         internal::InternalCaller,
         list::{ListQuery, Page, fetch_page},
     },
-    model::OrderStatus,
-    orders::{PaidOrder, PlacedOrder, place_paid_order},
+    model::{JobStatus, JobType, OrderStatus, SubscriptionStatus},
+    orders::{self as placing, PaidOrder, place_paid_order},
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(list).post(create))
-        .route("/{id}", get(detail).patch(change_status))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(detail, change_status))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct NewCustomer {
+struct OrderCustomer {
+    /// Found in the tenant by this address, or created.
+    #[schema(format = Email)]
     email: String,
+    /// At most 200 characters.
     full_name: Option<String>,
+    /// At most 40 characters.
     phone: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Metadata {
+struct OrderMetadata {
+    /// The domain to provision (hosting, e-mail and DNS products need one).
     domain: Option<String>,
+    /// At most 2000 characters.
     notes: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CreateOrder {
     tenant_slug: String,
-    customer: NewCustomer,
+    customer: OrderCustomer,
+    /// An active plan of the tenant.
     plan_slug: String,
+    /// Whole cents, 0 or more.
     total_amount_cents: i64,
+    /// A three-letter ISO 4217 code.
     currency: String,
+    /// The idempotency key (with `externalOrderId`): 1-255 letters, digits, `_-.:`.
     stripe_payment_intent_id: Option<String>,
+    /// The marketing site's own id: 1-255 letters, digits, `_-.:`.
     external_order_id: Option<String>,
     #[serde(default)]
-    metadata: Metadata,
+    metadata: OrderMetadata,
+}
+
+/// A provisioning job created for an order.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct JobRef {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: JobType,
+}
+
+/// Spec §6.3's answer: the order, its subscription and the jobs it queued.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct PlacedOrder {
+    order_id: Uuid,
+    subscription_id: Option<Uuid>,
+    jobs: Vec<JobRef>,
+}
+
+impl From<placing::PlacedOrder> for PlacedOrder {
+    fn from(placed: placing::PlacedOrder) -> Self {
+        PlacedOrder {
+            order_id: placed.order_id,
+            subscription_id: placed.subscription_id,
+            jobs: job_refs(placed.jobs),
+        }
+    }
+}
+
+pub(super) fn job_refs(jobs: Vec<placing::JobRef>) -> Vec<JobRef> {
+    jobs.into_iter()
+        .map(|j| JobRef {
+            id: j.id,
+            kind: j.kind,
+        })
+        .collect()
 }
 
 fn optional_text(field: &str, value: Option<String>, max: usize) -> ApiResult<Option<String>> {
@@ -97,8 +150,16 @@ pub fn amount(field: &str, cents: i64) -> ApiResult<i32> {
         .ok_or_else(|| ApiError::field(field, "must be a whole number of cents, 0 or more"))
 }
 
-/// `POST /api/orders`: 201 with the new order, or 200 with the order this payment already
-/// created.
+/// A paid order from the marketing backend (internal key): 201 with the new order, or 200
+/// with the order this payment already created.
+#[utoipa::path(post, path = "", tag = "orders", operation_id = "createOrder",
+    security(("internalKey" = []), ("bearer" = [])),
+    request_body = CreateOrder,
+    responses(
+        (status = 201, description = "The order, its subscription and jobs, created", body = PlacedOrder),
+        (status = 200, description = "The order this payment (or external order id) already created", body = PlacedOrder),
+        Errors,
+    ))]
 async fn create(
     State(state): State<AppState>,
     _caller: InternalCaller,
@@ -135,10 +196,10 @@ async fn create(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(placed)))
+    Ok((status, Json(placed.into())))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Order {
     pub id: Uuid,
@@ -158,14 +219,19 @@ pub struct Order {
 const COLUMNS: &str = "id, tenant_id, customer_id, plan_id, status, total_amount_cents, currency, \
      stripe_payment_intent_id, external_order_id, notes, created_at, updated_at";
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct Filter {
     status: Option<OrderStatus>,
     customer_id: Option<Uuid>,
     plan_id: Option<Uuid>,
 }
 
+/// The tenant's orders, newest first. Sortable by createdAt, totalAmountCents, status.
+#[utoipa::path(get, path = "", tag = "orders", operation_id = "listOrders", security(("bearer" = [])),
+    params(ListParams, Filter),
+    responses((status = 200, description = "A page of orders", body = Page<Order>), Errors))]
 async fn list(
     State(state): State<AppState>,
     user: Require<perm::OrdersRead>,
@@ -199,15 +265,48 @@ async fn find(db: impl sqlx::PgExecutor<'_>, tenant: Uuid, id: Uuid) -> ApiResul
     .ok_or(ApiError::NotFound("order"))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct OrderDetail {
     #[serde(flatten)]
     order: Order,
+    /// Built by PostgreSQL (`json_build_object`).
+    #[schema(value_type = Option<OrderSubscription>)]
     subscription: Option<Value>,
+    /// Built by PostgreSQL (`json_build_object`), oldest first.
+    #[schema(value_type = Vec<OrderJob>)]
     jobs: Vec<Value>,
 }
 
+/// The subscription an order started (documentation of `OrderDetail.subscription`).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct OrderSubscription {
+    id: Uuid,
+    status: SubscriptionStatus,
+    current_period_end: DateTime<Utc>,
+    cancel_at_period_end: bool,
+    domain_id: Option<Uuid>,
+}
+
+/// A job an order queued (documentation of `OrderDetail.jobs`).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct OrderJob {
+    id: Uuid,
+    #[serde(rename = "type")]
+    kind: JobType,
+    status: JobStatus,
+    attempts: i32,
+    last_error: Option<String>,
+}
+
+/// An order with its subscription and jobs.
+#[utoipa::path(get, path = "/{id}", tag = "orders", operation_id = "getOrder", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The order's id")),
+    responses((status = 200, description = "The order, its subscription and jobs", body = OrderDetail), Errors))]
 async fn detail(
     State(state): State<AppState>,
     user: Require<perm::OrdersRead>,
@@ -237,22 +336,30 @@ async fn detail(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ChangeStatus {
+struct ChangeOrderStatus {
+    /// PENDING/PAID → CANCELLED, PAID/CANCELLED → REFUNDED (the current status: no change).
     status: OrderStatus,
+    /// At most 500 characters, for the audit log.
     reason: Option<String>,
 }
 
+/// Cancels or refunds an order.
+///
 /// Operators cancel or refund an order; its subscription ends with it. Provisioned
 /// resources stay until an operator suspends or terminates them (a refund is not always a
 /// reason to delete a customer's site on the spot).
+#[utoipa::path(patch, path = "/{id}", tag = "orders", operation_id = "changeOrderStatus", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The order's id")),
+    request_body = ChangeOrderStatus,
+    responses((status = 200, description = "The order, changed", body = Order), Errors))]
 async fn change_status(
     State(state): State<AppState>,
     user: Require<perm::OrdersWrite>,
     client: ClientMeta,
     IdPath(id): IdPath,
-    ApiJson(body): ApiJson<ChangeStatus>,
+    ApiJson(body): ApiJson<ChangeOrderStatus>,
 ) -> ApiResult<Json<Order>> {
     let reason = optional_text("reason", body.reason, 500)?;
     let mut tx = state.db.begin().await?;

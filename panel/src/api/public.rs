@@ -10,8 +10,11 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use super::openapi::Errors;
 use crate::{
     app::AppState,
     http::{
@@ -24,6 +27,13 @@ use crate::{
 /// Short enough that a price change shows within a minute, long enough to absorb traffic.
 const CACHE_CONTROL: &str = "public, max-age=60";
 
+/// `/products` and `/plans`, nested under `/api/public`.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(products))
+        .routes(routes!(plans))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogQuery {
@@ -33,9 +43,10 @@ pub struct CatalogQuery {
     product: Option<String>,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+/// An active plan of an active product, without internal fields.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct PublicPlan {
+pub(crate) struct PublicPlan {
     #[serde(skip)]
     product_id: Uuid,
     product_slug: String,
@@ -46,12 +57,15 @@ struct PublicPlan {
     currency: String,
     billing_interval: BillingInterval,
     is_popular: bool,
+    /// What the plan includes (see `PlanLimits`).
+    #[schema(value_type = Option<Object>)]
     limits: Option<Value>,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+/// An active product with its active plans, without internal fields.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct PublicProduct {
+pub(crate) struct PublicProduct {
     #[serde(skip)]
     id: Uuid,
     name: String,
@@ -62,6 +76,18 @@ struct PublicProduct {
     description: Option<String>,
     #[sqlx(skip)]
     plans: Vec<PublicPlan>,
+}
+
+/// The public answer of `/api/products/public`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PublicProductList {
+    items: Vec<PublicProduct>,
+}
+
+/// The public answer of `/api/plans/public`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PublicPlanList {
+    items: Vec<PublicPlan>,
 }
 
 async fn resolve_tenant(state: &AppState, slug: Option<&str>) -> ApiResult<Uuid> {
@@ -108,6 +134,23 @@ async fn active_plans(
     .await?)
 }
 
+/// The marketing site's catalog: active products with their active plans (no token).
+#[utoipa::path(get, path = "/products", tag = "public", operation_id = "listPublicProducts",
+    params(
+        ("tenant" = Option<String>, Query, description = "Tenant slug; may be left out while only one tenant is active"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer"),
+    ),
+    responses(
+        (status = 200, description = "The active products", body = PublicProductList, headers(
+            ("ETag" = String, description = "A strong validator of the body"),
+            ("Cache-Control" = String, description = "`public, max-age=60`"),
+        )),
+        (status = 304, description = "Unchanged since the ETag sent in If-None-Match; no body", headers(
+            ("ETag" = String, description = "The body's validator"),
+            ("Cache-Control" = String, description = "`public, max-age=60`"),
+        )),
+        Errors,
+    ))]
 pub async fn products(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -129,9 +172,28 @@ pub async fn products(
             p.plans.push(plan);
         }
     }
-    cached(&headers, &serde_json::json!({ "items": products }))
+    cached(&headers, &PublicProductList { items: products })
 }
 
+/// The marketing site's plans: active plans of active products, optionally of one product
+/// (no token).
+#[utoipa::path(get, path = "/plans", tag = "public", operation_id = "listPublicPlans",
+    params(
+        ("tenant" = Option<String>, Query, description = "Tenant slug; may be left out while only one tenant is active"),
+        ("product" = Option<String>, Query, description = "Only this product's plans (a product slug)"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer"),
+    ),
+    responses(
+        (status = 200, description = "The active plans", body = PublicPlanList, headers(
+            ("ETag" = String, description = "A strong validator of the body"),
+            ("Cache-Control" = String, description = "`public, max-age=60`"),
+        )),
+        (status = 304, description = "Unchanged since the ETag sent in If-None-Match; no body", headers(
+            ("ETag" = String, description = "The body's validator"),
+            ("Cache-Control" = String, description = "`public, max-age=60`"),
+        )),
+        Errors,
+    ))]
 pub async fn plans(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -139,12 +201,14 @@ pub async fn plans(
 ) -> ApiResult<Response> {
     let tenant = resolve_tenant(&state, q.tenant.as_deref()).await?;
     let plans = active_plans(&state, tenant, q.product.as_deref()).await?;
-    cached(&headers, &serde_json::json!({ "items": plans }))
+    cached(&headers, &PublicPlanList { items: plans })
 }
 
-/// A strong ETag over the body; `If-None-Match` with it answers 304 and no body.
-fn cached(headers: &HeaderMap, body: &Value) -> ApiResult<Response> {
-    let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Internal(e.into()))?;
+/// A strong ETag over the body; `If-None-Match` with it answers 304 and no body. The body goes
+/// through a `Value` first, so its keys are sorted and the bytes (and ETag) are stable.
+fn cached(headers: &HeaderMap, body: &impl Serialize) -> ApiResult<Response> {
+    let body = serde_json::to_value(body).map_err(|e| ApiError::Internal(e.into()))?;
+    let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.into()))?;
     let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&bytes)[..16]));
     let matches = headers
         .get(header::IF_NONE_MATCH)

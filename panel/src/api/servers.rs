@@ -2,12 +2,15 @@
 
 use std::net::IpAddr;
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use super::openapi::{Errors, ListParams};
 use crate::{
     app::AppState,
     audit::{self, Entry},
@@ -22,13 +25,13 @@ use crate::{
     model::ServerRole,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(list).post(create))
-        .route("/{id}", get(detail).patch(update).delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(detail, update, remove))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Server {
     pub id: Uuid,
@@ -88,17 +91,25 @@ fn check_location(value: &str) -> Result<String, ApiError> {
     Ok(v.to_owned())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct Filter {
     role: Option<ServerRole>,
     is_active: Option<bool>,
     /// Part of the name.
     q: Option<String>,
+    /// Also list soft-deleted servers (default false).
     #[serde(default)]
+    #[param(required = false)]
     include_deleted: bool,
 }
 
+/// The tenant's servers (soft-deleted ones only on request). Sortable by name, createdAt,
+/// role.
+#[utoipa::path(get, path = "", tag = "servers", operation_id = "listServers", security(("bearer" = [])),
+    params(ListParams, Filter),
+    responses((status = 200, description = "A page of servers", body = Page<Server>), Errors))]
 async fn list(
     State(state): State<AppState>,
     user: Require<perm::ServersRead>,
@@ -149,6 +160,10 @@ pub async fn find(db: impl sqlx::PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> A
     .ok_or(ApiError::NotFound("server"))
 }
 
+/// One server of the tenant (also a soft-deleted one).
+#[utoipa::path(get, path = "/{id}", tag = "servers", operation_id = "getServer", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The server's id")),
+    responses((status = 200, description = "The server", body = Server), Errors))]
 async fn detail(
     State(state): State<AppState>,
     user: Require<perm::ServersRead>,
@@ -157,17 +172,26 @@ async fn detail(
     find(&state.db, user.tenant_id, id).await.map(Json)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CreateServer {
+    /// 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit.
     name: String,
     role: ServerRole,
+    /// An IPv4 or IPv6 address.
     ip_address: String,
+    /// An IPv4 or IPv6 address.
     internal_ip: Option<String>,
+    /// 1-64 characters.
     location: Option<String>,
+    /// True when absent.
     is_active: Option<bool>,
 }
 
+/// Registers a server in the tenant's fleet (its agent enrolls afterwards).
+#[utoipa::path(post, path = "", tag = "servers", operation_id = "createServer", security(("bearer" = [])),
+    request_body = CreateServer,
+    responses((status = 201, description = "The new server", body = Server), Errors))]
 async fn create(
     State(state): State<AppState>,
     user: Require<perm::ServersWrite>,
@@ -222,19 +246,28 @@ fn duplicate_name(e: sqlx::Error, name: &str) -> ApiError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct UpdateServer {
     name: Option<String>,
     role: Option<ServerRole>,
     ip_address: Option<String>,
+    /// `null` clears it.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
     internal_ip: Option<Option<String>>,
+    /// `null` clears it.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
     location: Option<Option<String>>,
     is_active: Option<bool>,
 }
 
+/// Changes a server (not a deleted one).
+#[utoipa::path(patch, path = "/{id}", tag = "servers", operation_id = "updateServer", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The server's id")),
+    request_body = UpdateServer,
+    responses((status = 200, description = "The server, changed", body = Server), Errors))]
 async fn update(
     State(state): State<AppState>,
     user: Require<perm::ServersWrite>,
@@ -311,6 +344,9 @@ async fn update(
 
 /// Soft delete: the row stays for history (jobs and accounts point at it), marked inactive
 /// and deleted. Refused while the server still holds live accounts.
+#[utoipa::path(delete, path = "/{id}", tag = "servers", operation_id = "deleteServer", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The server's id")),
+    responses((status = 204, description = "Deleted (or already deleted)"), Errors))]
 async fn remove(
     State(state): State<AppState>,
     user: Require<perm::ServersDelete>,

@@ -1,15 +1,14 @@
 //! `/api/subscriptions`: customers' plans over time; cancel now or at the period's end.
 
-use axum::{
-    Json, Router,
-    extract::State,
-    routing::{get, post},
-};
+use axum::{Json, extract::State};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use super::openapi::{Errors, ListParams};
 use crate::{
     app::AppState,
     audit::{self, Entry},
@@ -23,14 +22,14 @@ use crate::{
     model::SubscriptionStatus,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(list))
-        .route("/{id}", get(detail))
-        .route("/{id}/cancel", post(cancel))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(detail))
+        .routes(routes!(cancel))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Subscription {
     pub id: Uuid,
@@ -52,8 +51,9 @@ pub struct Subscription {
 const COLUMNS: &str = "id, tenant_id, customer_id, plan_id, order_id, domain_id, status, started_at, \
      current_period_start, current_period_end, cancel_at_period_end, cancelled_at, created_at, updated_at";
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct Filter {
     status: Option<SubscriptionStatus>,
     customer_id: Option<Uuid>,
@@ -61,6 +61,10 @@ struct Filter {
     domain_id: Option<Uuid>,
 }
 
+/// The tenant's subscriptions, newest first. Sortable by createdAt, currentPeriodEnd, status.
+#[utoipa::path(get, path = "", tag = "subscriptions", operation_id = "listSubscriptions", security(("bearer" = [])),
+    params(ListParams, Filter),
+    responses((status = 200, description = "A page of subscriptions", body = Page<Subscription>), Errors))]
 async fn list(
     State(state): State<AppState>,
     user: Require<perm::SubscriptionsRead>,
@@ -101,6 +105,10 @@ async fn find(db: impl sqlx::PgExecutor<'_>, tenant: Uuid, id: Uuid) -> ApiResul
     .ok_or(ApiError::NotFound("subscription"))
 }
 
+/// One subscription.
+#[utoipa::path(get, path = "/{id}", tag = "subscriptions", operation_id = "getSubscription", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The subscription's id")),
+    responses((status = 200, description = "The subscription", body = Subscription), Errors))]
 async fn detail(
     State(state): State<AppState>,
     user: Require<perm::SubscriptionsRead>,
@@ -109,14 +117,19 @@ async fn detail(
     find(&state.db, user.tenant_id, id).await.map(Json)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Cancel {
+struct CancelSubscription {
     /// Keep it running until `currentPeriodEnd` (default: cancel now).
     #[serde(default)]
     at_period_end: bool,
 }
 
+/// Cancels a subscription now, or at the end of its period; the body is optional.
+#[utoipa::path(post, path = "/{id}/cancel", tag = "subscriptions", operation_id = "cancelSubscription", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The subscription's id")),
+    request_body = Option<CancelSubscription>,
+    responses((status = 200, description = "The subscription, cancelled (or to be cancelled at its period's end)", body = Subscription), Errors))]
 async fn cancel(
     State(state): State<AppState>,
     user: Require<perm::SubscriptionsWrite>,
@@ -128,7 +141,7 @@ async fn cancel(
     let at_period_end = if body.iter().all(u8::is_ascii_whitespace) {
         false
     } else {
-        parse_json::<Cancel>(&body)?.at_period_end
+        parse_json::<CancelSubscription>(&body)?.at_period_end
     };
     let mut tx = state.db.begin().await?;
     let current = find(&mut *tx, user.tenant_id, id).await?;

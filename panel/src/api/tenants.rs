@@ -2,14 +2,19 @@
 //! tenant can be created together with its first administrator, since `/api/users` only
 //! ever acts within the caller's own tenant. Deactivating a tenant stops its users at once.
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use mpanel_protocol::Slug;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::users::{self, User, check_display_name, check_email, check_password};
+use super::{
+    openapi::{Errors, ListParams},
+    users::{self, User, check_display_name, check_email, check_password},
+};
 use crate::{
     app::AppState,
     audit::{self, Entry},
@@ -23,13 +28,13 @@ use crate::{
     model::UserRole,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(list).post(create))
-        .route("/{id}", get(detail).patch(update).delete(deactivate))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(detail, update, deactivate))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Tenant {
     pub id: Uuid,
@@ -83,13 +88,19 @@ fn check_name(value: &str) -> Result<String, ApiError> {
     Ok(v.to_owned())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct Filter {
     is_active: Option<bool>,
+    /// Part of the name or slug.
     q: Option<String>,
 }
 
+/// Every tenant (SUPER_ADMIN). Sortable by name, slug, createdAt.
+#[utoipa::path(get, path = "", tag = "tenants", operation_id = "listTenants", security(("bearer" = [])),
+    params(ListParams, Filter),
+    responses((status = 200, description = "A page of tenants", body = Page<Tenant>), Errors))]
 async fn list(
     State(state): State<AppState>,
     _user: Require<perm::TenantsRead>,
@@ -122,6 +133,10 @@ async fn find(db: impl sqlx::PgExecutor<'_>, id: Uuid) -> ApiResult<Tenant> {
     .ok_or(ApiError::NotFound("tenant"))
 }
 
+/// One tenant (SUPER_ADMIN).
+#[utoipa::path(get, path = "/{id}", tag = "tenants", operation_id = "getTenant", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The tenant's id")),
+    responses((status = 200, description = "The tenant", body = Tenant), Errors))]
 async fn detail(
     State(state): State<AppState>,
     _user: Require<perm::TenantsRead>,
@@ -130,24 +145,32 @@ async fn detail(
     find(&state.db, id).await.map(Json)
 }
 
-#[derive(Deserialize)]
+/// The new tenant's first operator.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct FirstAdmin {
+    #[schema(format = Email)]
     email: String,
+    /// 1-100 characters.
     display_name: String,
+    /// Must pass the password strength rules.
     password: String,
+    /// ADMIN when absent.
     role: Option<UserRole>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CreateTenant {
+    /// 1-100 characters, no control characters.
     name: String,
+    /// Lowercase letters, digits and dashes.
     slug: String,
     admin: Option<FirstAdmin>,
 }
 
-#[derive(Serialize)]
+/// The new tenant, with its first operator when one was asked for.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CreatedTenant {
     #[serde(flatten)]
@@ -155,6 +178,10 @@ struct CreatedTenant {
     admin: Option<User>,
 }
 
+/// A new tenant, optionally with its first operator (SUPER_ADMIN).
+#[utoipa::path(post, path = "", tag = "tenants", operation_id = "createTenant", security(("bearer" = [])),
+    request_body = CreateTenant,
+    responses((status = 201, description = "The new tenant", body = CreatedTenant), Errors))]
 async fn create(
     State(state): State<AppState>,
     user: Require<perm::TenantsWrite>,
@@ -224,13 +251,18 @@ async fn create(
     Ok((StatusCode::CREATED, Json(CreatedTenant { tenant, admin })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct UpdateTenant {
     name: Option<String>,
     is_active: Option<bool>,
 }
 
+/// Renames, deactivates or reactivates a tenant (SUPER_ADMIN; not one's own).
+#[utoipa::path(patch, path = "/{id}", tag = "tenants", operation_id = "updateTenant", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The tenant's id")),
+    request_body = UpdateTenant,
+    responses((status = 200, description = "The tenant, changed", body = Tenant), Errors))]
 async fn update(
     State(state): State<AppState>,
     user: Require<perm::TenantsWrite>,
@@ -268,6 +300,10 @@ async fn update(
     Ok(Json(tenant))
 }
 
+/// Deactivates a tenant and ends its users' sessions (SUPER_ADMIN; not one's own).
+#[utoipa::path(delete, path = "/{id}", tag = "tenants", operation_id = "deactivateTenant", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The tenant's id")),
+    responses((status = 204, description = "Deactivated"), Errors))]
 async fn deactivate(
     State(state): State<AppState>,
     user: Require<perm::TenantsDeactivate>,

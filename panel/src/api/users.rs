@@ -2,13 +2,16 @@
 //! the user at once. Only a SUPER_ADMIN creates, changes or grants SUPER_ADMIN, and nobody
 //! deactivates or demotes themselves (the last admin cannot lock the tenant out by mistake).
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use mpanel_protocol::EmailAddress;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use super::openapi::{Errors, ListParams};
 use crate::{
     app::AppState,
     audit::{self, Entry},
@@ -27,13 +30,13 @@ use crate::{
     model::UserRole,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(list).post(create))
-        .route("/{id}", get(detail).patch(update).delete(deactivate))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(detail, update, deactivate))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct User {
     pub id: Uuid,
@@ -112,8 +115,9 @@ pub async fn insert_user(
     )
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct Filter {
     role: Option<UserRole>,
     is_active: Option<bool>,
@@ -121,6 +125,10 @@ struct Filter {
     q: Option<String>,
 }
 
+/// The operators of the caller's tenant. Sortable by email, createdAt, role, lastLoginAt.
+#[utoipa::path(get, path = "", tag = "users", operation_id = "listUsers", security(("bearer" = [])),
+    params(ListParams, Filter),
+    responses((status = 200, description = "A page of users", body = Page<User>), Errors))]
 async fn list(
     State(state): State<AppState>,
     user: Require<perm::UsersRead>,
@@ -157,6 +165,10 @@ async fn find(db: impl sqlx::PgExecutor<'_>, tenant_id: Uuid, id: Uuid) -> ApiRe
     .ok_or(ApiError::NotFound("user"))
 }
 
+/// One operator of the caller's tenant.
+#[utoipa::path(get, path = "/{id}", tag = "users", operation_id = "getUser", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The user's id")),
+    responses((status = 200, description = "The user", body = User), Errors))]
 async fn detail(
     State(state): State<AppState>,
     user: Require<perm::UsersRead>,
@@ -165,15 +177,22 @@ async fn detail(
     find(&state.db, user.tenant_id, id).await.map(Json)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CreateUser {
+    #[schema(format = Email)]
     pub email: String,
+    /// 1-100 characters, no control characters.
     pub display_name: String,
     pub role: UserRole,
+    /// Must pass the password strength rules.
     pub password: String,
 }
 
+/// A new operator in the caller's tenant (only a SUPER_ADMIN creates a SUPER_ADMIN).
+#[utoipa::path(post, path = "", tag = "users", operation_id = "createUser", security(("bearer" = [])),
+    request_body = CreateUser,
+    responses((status = 201, description = "The new user", body = User), Errors))]
 async fn create(
     State(state): State<AppState>,
     user: Require<perm::UsersWrite>,
@@ -210,7 +229,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct UpdateUser {
     display_name: Option<String>,
@@ -219,6 +238,11 @@ struct UpdateUser {
     password: Option<String>,
 }
 
+/// Changes an operator; a new password or a deactivation ends all their sessions.
+#[utoipa::path(patch, path = "/{id}", tag = "users", operation_id = "updateUser", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The user's id")),
+    request_body = UpdateUser,
+    responses((status = 200, description = "The user, changed", body = User), Errors))]
 async fn update(
     State(state): State<AppState>,
     user: Require<perm::UsersWrite>,
@@ -293,6 +317,10 @@ async fn update(
     Ok(Json(updated))
 }
 
+/// Deactivates an operator and ends all their sessions.
+#[utoipa::path(delete, path = "/{id}", tag = "users", operation_id = "deactivateUser", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The user's id")),
+    responses((status = 204, description = "Deactivated"), Errors))]
 async fn deactivate(
     State(state): State<AppState>,
     user: Require<perm::UsersDeactivate>,

@@ -4,14 +4,20 @@
 //! ignored. An event whose order cannot be placed yet (unknown plan, bad metadata) is kept
 //! with its error and answered 4xx, so Stripe delivers it again after the catalog is fixed.
 
-use axum::{Json, Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
+use axum::{Json, body::Bytes, extract::State, http::HeaderMap};
 use mpanel_protocol::{Currency, DomainName};
 use secrecy::ExposeSecret;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{orders::amount, users::check_email};
+use super::{
+    openapi::Errors,
+    orders::{JobRef, amount, job_refs},
+    users::check_email,
+};
 use crate::{
     app::AppState,
     http::{
@@ -23,29 +29,66 @@ use crate::{
     stripe,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/stripe", post(stripe_event))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(stripe_event))
 }
 
-#[derive(Deserialize)]
-struct Event {
+/// The fields of a Stripe event the panel reads; the whole event is stored as sent.
+#[derive(Deserialize, ToSchema)]
+struct StripeEvent {
+    /// Stripe's event id (`evt_…`), stored once.
     id: String,
+    /// Only `payment_intent.succeeded` places an order; other types are acknowledged.
     #[serde(rename = "type")]
     kind: String,
-    data: EventData,
+    data: StripeEventData,
 }
 
-#[derive(Deserialize)]
-struct EventData {
+#[derive(Deserialize, ToSchema)]
+struct StripeEventData {
+    /// The PaymentIntent (for `payment_intent.succeeded`).
+    #[schema(value_type = Object)]
     object: Value,
 }
 
+/// The acknowledgement Stripe gets: `{received, duplicate, orderId}` for an event processed
+/// before, `{received, ignored}` for other event types, `{received, orderId, jobs}` for a
+/// payment that placed (or found) its order.
+#[derive(Default, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct StripeAck {
+    /// Always true.
+    received: bool,
+    /// True when the event was processed before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
+    /// True for event types other than `payment_intent.succeeded`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ignored: Option<bool>,
+    /// The event's order (null for a duplicate of an event that placed none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Uuid>)]
+    order_id: Option<Option<Uuid>>,
+    /// The order's provisioning jobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jobs: Option<Vec<JobRef>>,
+}
+
+/// Stripe's events (no token: verified by the Stripe-Signature header).
+#[utoipa::path(post, path = "/stripe", tag = "webhooks", operation_id = "stripeWebhook",
+    params(("Stripe-Signature" = String, Header, description = "Stripe's signature of the raw body (`t=…,v1=…`), checked against the webhook secret")),
+    request_body(content = StripeEvent, content_type = "application/json",
+        description = "The event exactly as Stripe sent it (the signature covers the raw bytes)"),
+    responses(
+        (status = 200, description = "Received (processed, a duplicate, or ignored)", body = StripeAck),
+        Errors,
+    ))]
 async fn stripe_event(
     State(state): State<AppState>,
     client: ClientMeta,
     headers: HeaderMap,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<StripeAck>> {
     let header = headers
         .get("stripe-signature")
         .and_then(|v| v.to_str().ok())
@@ -55,7 +98,7 @@ async fn stripe_event(
         tracing::warn!(ip = ?client.ip, reason = %e, "Stripe webhook refused");
         ApiError::bad_request(format!("invalid Stripe signature: {e}"))
     })?;
-    let event: Event = parse_json(&body)?;
+    let event: StripeEvent = parse_json(&body)?;
     let payload: Value = parse_json(&body)?;
 
     sqlx::query(
@@ -75,13 +118,20 @@ async fn stripe_event(
     .fetch_one(&state.db)
     .await?;
     if processed {
-        return Ok(Json(
-            json!({ "received": true, "duplicate": true, "orderId": order_id }),
-        ));
+        return Ok(Json(StripeAck {
+            received: true,
+            duplicate: Some(true),
+            order_id: Some(order_id),
+            ..StripeAck::default()
+        }));
     }
     if event.kind != "payment_intent.succeeded" {
         mark(&state, &event.id, None, None).await?;
-        return Ok(Json(json!({ "received": true, "ignored": true })));
+        return Ok(Json(StripeAck {
+            received: true,
+            ignored: Some(true),
+            ..StripeAck::default()
+        }));
     }
 
     let placed = match paid_order_from_intent(&event.data.object) {
@@ -91,9 +141,12 @@ async fn stripe_event(
     match placed {
         Ok(placed) => {
             mark(&state, &event.id, Some(placed.order_id), None).await?;
-            Ok(Json(
-                json!({ "received": true, "orderId": placed.order_id, "jobs": placed.jobs }),
-            ))
+            Ok(Json(StripeAck {
+                received: true,
+                order_id: Some(Some(placed.order_id)),
+                jobs: Some(job_refs(placed.jobs)),
+                ..StripeAck::default()
+            }))
         }
         Err(e) => {
             if !matches!(e, ApiError::Internal(_)) {

@@ -20,6 +20,8 @@ use std::{
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use crate::secrets::CredentialsKey;
+
 pub use duration::parse_duration;
 
 /// Development gets local defaults so `mpanel serve` starts on a fresh machine; production
@@ -38,6 +40,10 @@ pub struct Config {
     pub redis: RedisConfig,
     pub jwt: JwtConfig,
     pub smtp: Option<SmtpConfig>,
+    /// `CREDENTIALS_KEY`: seals credentials waiting for a welcome e-mail and queued e-mail
+    /// bodies. Required in production; `None` in development makes the panel use a random
+    /// key for the process (see `secrets::Sealer::from_config`).
+    pub credentials_key: Option<CredentialsKey>,
     pub powerdns: ExternalApi,
     pub mailcore: ExternalApi,
     /// `x-internal-key` of the marketing backend and internal callers (spec §9.2).
@@ -93,10 +99,24 @@ pub struct JwtConfig {
 #[derive(Debug, Clone)]
 pub struct SmtpConfig {
     pub host: String,
+    /// Default: 587 with STARTTLS, 465 with implicit TLS, 25 in plain.
     pub port: u16,
     pub user: Option<String>,
     pub pass: Option<SecretString>,
     pub from: String,
+    pub tls: SmtpTls,
+}
+
+/// `SMTP_TLS`: how the connection to the relay is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// `starttls` (default): plain connect, then STARTTLS, which must succeed.
+    StartTls,
+    /// `tls`: TLS from the first byte (port 465, "SMTPS").
+    Tls,
+    /// `none`: no encryption. Production accepts it only for a relay on the loopback
+    /// interface (a local Postfix), since e-mails carry customers' credentials.
+    None,
 }
 
 /// An HTTP API of another service (kept from spec §3; in this design the DNS and mail agents
@@ -300,6 +320,7 @@ impl Config {
         }
 
         let smtp = r.smtp(prod);
+        let credentials_key = r.credentials_key(prod);
         let powerdns = r.external_api("POWERDNS_API_URL", "POWERDNS_API_KEY");
         let mailcore = r.external_api("MAILCORE_API_URL", "MAILCORE_API_KEY");
         let marketing_webhook_secret = r.secret("MARKETING_WEBHOOK_SECRET", prod, 16);
@@ -454,6 +475,7 @@ impl Config {
                 refresh_ttl,
             },
             smtp,
+            credentials_key,
             powerdns,
             mailcore,
             marketing_webhook_secret,
@@ -601,7 +623,46 @@ impl Reader<'_> {
         }
     }
 
+    /// `CREDENTIALS_KEY`: 64 hex characters; required in production, and there not one a
+    /// person typed (all-same bytes, short repeated patterns).
+    fn credentials_key(&mut self, prod: bool) -> Option<CredentialsKey> {
+        let Some(raw) = self.get("CREDENTIALS_KEY") else {
+            if prod {
+                self.problem(
+                    "CREDENTIALS_KEY: required in production (seals customers' credentials until \
+                     they are e-mailed; generate one with openssl rand -hex 32)"
+                        .into(),
+                );
+            }
+            return None;
+        };
+        match CredentialsKey::parse_hex(&raw) {
+            Ok(key) if prod && key.is_weak() => {
+                self.problem(
+                    "CREDENTIALS_KEY: too regular to be a random key; generate one with \
+                     openssl rand -hex 32"
+                        .into(),
+                );
+                None
+            }
+            Ok(key) => Some(key),
+            Err(e) => {
+                self.problem(format!("CREDENTIALS_KEY: {e}"));
+                None
+            }
+        }
+    }
+
     fn smtp(&mut self, prod: bool) -> Option<SmtpConfig> {
+        // Read before SMTP_HOST so a bad value is reported even without a relay.
+        let tls = self
+            .parsed("SMTP_TLS", |v| match v.to_ascii_lowercase().as_str() {
+                "starttls" => Ok(SmtpTls::StartTls),
+                "tls" => Ok(SmtpTls::Tls),
+                "none" => Ok(SmtpTls::None),
+                _ => Err(format!("'{v}' is not starttls, tls or none")),
+            })
+            .unwrap_or(SmtpTls::StartTls);
         let Some(host) = self.get("SMTP_HOST") else {
             if prod {
                 self.problem(
@@ -611,7 +672,22 @@ impl Reader<'_> {
             }
             return None;
         };
-        let port = self.number("SMTP_PORT", 587u16);
+        let port = self.number(
+            "SMTP_PORT",
+            match tls {
+                SmtpTls::StartTls => 587u16,
+                SmtpTls::Tls => 465,
+                SmtpTls::None => 25,
+            },
+        );
+        if prod && tls == SmtpTls::None && !is_loopback_host(&host) {
+            self.problem(
+                "SMTP_TLS: none sends customers' credentials in clear; in production it is \
+                 only accepted for a relay on this machine (SMTP_HOST=127.0.0.1, ::1 or \
+                 localhost)"
+                    .into(),
+            );
+        }
         let user = self.get("SMTP_USER");
         let pass = self.get("SMTP_PASS").map(SecretString::from);
         if user.is_some() != pass.is_some() {
@@ -641,6 +717,7 @@ impl Reader<'_> {
             user,
             pass,
             from,
+            tls,
         })
     }
 
@@ -650,6 +727,14 @@ impl Reader<'_> {
             key: self.get(key_var).map(SecretString::from),
         }
     }
+}
+
+/// Whether `host` names this machine: a loopback IP (`127.0.0.0/8`, `::1`, with or without
+/// brackets) or `localhost`.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -686,6 +771,7 @@ mod tests {
             "STRIPE_WEBHOOK_SECRET",
             "APP_URL",
             "SMTP_HOST",
+            "CREDENTIALS_KEY",
         ] {
             assert!(all.contains(name), "{name} missing from:\n{all}");
         }
@@ -735,5 +821,119 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.to_string().contains("MARKETING_WEBHOOK_SECRET"));
+    }
+    /// A production environment complete but for what a test changes.
+    fn production(extra: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut v = vars(&[
+            ("MPANEL_ENV", "production"),
+            ("DATABASE_URL", "postgres://mpanel@db/mpanel"),
+            ("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            ("JWT_SECRET", "a-very-long-jwt-secret-value-0123456789"),
+            ("MARKETING_WEBHOOK_SECRET", "marketing-0123456789abcdef"),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_0123456789abcdef"),
+            ("APP_URL", "https://panel.example.com"),
+            ("AGENT_PUBLIC_URL", "wss://panel.example.com:2272"),
+            ("SMTP_HOST", "smtp.example.com"),
+            ("EMAIL_FROM", "no-reply@example.com"),
+            (
+                "CREDENTIALS_KEY",
+                "3f1c9a7be2d45068a1f4c3b2e9d8076f5a4b3c2d1e0f98a7b6c5d4e3f2a1b0c9",
+            ),
+        ]);
+        v.extend(vars(extra));
+        v
+    }
+
+    #[test]
+    fn production_with_everything_set_starts() {
+        let c = Config::from_vars(&production(&[])).expect("a complete production env");
+        assert!(c.credentials_key.is_some());
+        let smtp = c.smtp.expect("smtp");
+        assert_eq!(smtp.tls, SmtpTls::StartTls);
+        assert_eq!(smtp.port, 587);
+        assert!(!format!("{:?}", c.credentials_key).contains("3f1c9a7b"));
+    }
+
+    #[test]
+    fn credentials_key_must_be_64_hex_characters() {
+        for (bad, rule) in [
+            ("3f1c9a7be2d45068", "64 hex characters"),
+            (
+                "zz1c9a7be2d45068a1f4c3b2e9d8076f5a4b3c2d1e0f98a7b6c5d4e3f2a1b0c9",
+                "hex",
+            ),
+        ] {
+            for env in [
+                vars(&[("CREDENTIALS_KEY", bad)]),
+                production(&[("CREDENTIALS_KEY", bad)]),
+            ] {
+                let err = Config::from_vars(&env).unwrap_err();
+                assert_eq!(err.problems.len(), 1, "{err}");
+                let all = err.to_string();
+                assert!(
+                    all.contains("CREDENTIALS_KEY") && all.contains(rule),
+                    "{all}"
+                );
+                assert!(!all.contains(bad), "the key is echoed: {all}");
+            }
+        }
+    }
+
+    #[test]
+    fn production_refuses_a_weak_credentials_key() {
+        for weak in ["0".repeat(64), "deadbeef".repeat(8)] {
+            let err = Config::from_vars(&production(&[("CREDENTIALS_KEY", &weak)])).unwrap_err();
+            assert!(err.to_string().contains("CREDENTIALS_KEY"), "{err}");
+        }
+        // Development takes what it is given (tests use simple keys).
+        let dev = Config::from_vars(&vars(&[("CREDENTIALS_KEY", &"0".repeat(64))])).unwrap();
+        assert!(dev.credentials_key.is_some());
+        assert!(
+            Config::from_vars(&vars(&[]))
+                .unwrap()
+                .credentials_key
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn smtp_tls_modes_and_their_default_ports() {
+        for (mode, tls, port) in [
+            ("starttls", SmtpTls::StartTls, 587),
+            ("TLS", SmtpTls::Tls, 465),
+            ("none", SmtpTls::None, 25),
+        ] {
+            let c = Config::from_vars(&vars(&[
+                ("SMTP_HOST", "smtp.example.com"),
+                ("EMAIL_FROM", "no-reply@example.com"),
+                ("SMTP_TLS", mode),
+            ]))
+            .unwrap();
+            let smtp = c.smtp.unwrap();
+            assert_eq!((smtp.tls, smtp.port), (tls, port), "{mode}");
+        }
+        let err = Config::from_vars(&vars(&[("SMTP_TLS", "ssl")])).unwrap_err();
+        assert!(err.to_string().contains("SMTP_TLS"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_plain_smtp_to_another_machine() {
+        let err = Config::from_vars(&production(&[("SMTP_TLS", "none")])).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert!(err.problems[0].starts_with("SMTP_TLS"), "{err}");
+        for local in ["127.0.0.1", "127.0.1.1", "::1", "[::1]", "localhost"] {
+            let c = Config::from_vars(&production(&[("SMTP_TLS", "none"), ("SMTP_HOST", local)]))
+                .unwrap_or_else(|e| panic!("{local}: {e}"));
+            assert_eq!(c.smtp.unwrap().tls, SmtpTls::None);
+        }
+        // Development may relay in plain anywhere (a test sink, a mail catcher).
+        assert!(
+            Config::from_vars(&vars(&[
+                ("SMTP_HOST", "mailcatcher.internal"),
+                ("EMAIL_FROM", "no-reply@example.com"),
+                ("SMTP_TLS", "none"),
+            ]))
+            .is_ok()
+        );
     }
 }

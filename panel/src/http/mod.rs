@@ -33,10 +33,24 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.http.max_body_bytes;
-    let api = crate::api::router().route("/public/health", get(health::health));
+    let (api, doc) = utoipa_axum::router::OpenApiRouter::with_openapi(
+        <crate::api::openapi::ApiDoc as utoipa::OpenApi>::openapi(),
+    )
+    .nest("/api", crate::api::router())
+    .routes(utoipa_axum::routes!(health::health))
+    .split_for_parts();
+    let doc = std::sync::Arc::new(doc);
 
     Router::new()
-        .nest("/api", api)
+        .merge(api)
+        .route(
+            "/api/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc) }
+            }),
+        )
+        .route("/api/docs", get(crate::api::openapi::reference_page))
         .fallback(|| async { ApiError::NotFound("route") })
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body))

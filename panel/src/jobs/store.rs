@@ -9,7 +9,10 @@ use uuid::Uuid;
 
 use crate::{
     audit::{self, Entry},
+    config::Config,
     model::{JobStatus, JobType},
+    notify,
+    secrets::Sealer,
 };
 
 pub async fn log(
@@ -151,8 +154,12 @@ pub async fn extend_lease(
     Ok(done.rows_affected() == 1)
 }
 
+/// Records success; the order's last job to succeed also makes its domain ACTIVE and queues
+/// the customer's welcome e-mail (`sealer` and `config` are for that e-mail).
 pub async fn succeed(
     db: &PgPool,
+    sealer: &Sealer,
+    config: &Config,
     job: &ClaimedJob,
     worker: &str,
     result: Value,
@@ -181,6 +188,15 @@ pub async fn succeed(
         Some(result),
     )
     .await?;
+    // Jobs of one order finishing at once would each still see the others RUNNING
+    // (uncommitted), and none would find the order complete: the order's row lock makes them
+    // look one after the other.
+    let order_id: Option<Uuid> = sqlx::query_scalar(
+        "SELECT o.id FROM orders o JOIN jobs j ON j.order_id = o.id WHERE j.id = $1 FOR UPDATE OF o",
+    )
+    .bind(job.id)
+    .fetch_optional(&mut *tx)
+    .await?;
     // The order's domain is live once every job of the order has succeeded.
     sqlx::query(
         "UPDATE domains d SET status = 'ACTIVE'
@@ -192,6 +208,19 @@ pub async fn succeed(
     .bind(job.id)
     .execute(&mut *tx)
     .await?;
+    // ... and its customer hears of it (once per order: queue_welcome deduplicates), also when
+    // the order reused a domain that was already live.
+    if let Some(order_id) = order_id {
+        let complete: bool = sqlx::query_scalar(
+            "SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE order_id = $1 AND status <> 'SUCCESS')",
+        )
+        .bind(order_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if complete {
+            notify::queue_welcome(&mut tx, sealer, config, order_id).await?;
+        }
+    }
     audit::record(
         &mut tx,
         Entry {
@@ -214,9 +243,11 @@ pub enum Failure {
 }
 
 /// Records a failed attempt: another attempt after `retry_in` when allowed, else FAILED
-/// with the error kept in `lastError`.
+/// with the error kept in `lastError` and the tenant's admins told by e-mail.
 pub async fn fail(
     db: &PgPool,
+    sealer: &Sealer,
+    config: &Config,
     job: &ClaimedJob,
     worker: &str,
     error: &str,
@@ -291,6 +322,18 @@ pub async fn fail(
                     client: None,
                     details: json!({ "jobId": job.id, "type": job.kind, "attempts": job.attempts, "error": error }),
                 },
+            )
+            .await?;
+            let kind = json!(job.kind);
+            notify::queue_job_failed(
+                &mut tx,
+                sealer,
+                config,
+                job.tenant_id,
+                job.id,
+                kind.as_str().unwrap_or("job"),
+                job.attempts,
+                error,
             )
             .await?;
             Failure::Failed

@@ -14,7 +14,7 @@ use super::{
     store::{self, Failure},
     sweeper,
 };
-use crate::app::AppState;
+use crate::{app::AppState, notify};
 
 /// How long one read waits on the stream before looking around again.
 const READ_BLOCK: Duration = Duration::from_secs(2);
@@ -51,6 +51,7 @@ impl Worker {
         let cfg = self.state.config.jobs.clone();
         let tracker = TaskTracker::new();
         tracker.spawn(sweeper::run(self.state.clone(), shutdown.clone()));
+        tracker.spawn(notify::run_outbox(self.state.clone(), shutdown.clone()));
         let permits = Arc::new(Semaphore::new(cfg.concurrency));
         let this = Arc::new(self);
         tracing::info!(worker = %this.id, concurrency = cfg.concurrency, "worker started");
@@ -140,6 +141,8 @@ impl Worker {
             // Its workers kept dying mid-job: stop feeding it to new ones.
             store::fail(
                 db,
+                &self.state.sealer,
+                &self.state.config,
                 &job,
                 &self.id,
                 "gave up: workers were lost while running this job",
@@ -163,7 +166,16 @@ impl Worker {
 
         match outcome {
             Ok(result) => {
-                if store::succeed(db, &job, &self.id, result).await? {
+                if store::succeed(
+                    db,
+                    &self.state.sealer,
+                    &self.state.config,
+                    &job,
+                    &self.id,
+                    result,
+                )
+                .await?
+                {
                     tracing::info!(kind = ?job.kind, "job succeeded");
                 } else {
                     tracing::warn!("job finished after its lease was lost; result discarded");
@@ -176,7 +188,17 @@ impl Worker {
                     }
                     DispatchError::Permanent(_) => None,
                 };
-                match store::fail(db, &job, &self.id, &err.to_string(), retry_in).await? {
+                match store::fail(
+                    db,
+                    &self.state.sealer,
+                    &self.state.config,
+                    &job,
+                    &self.id,
+                    &err.to_string(),
+                    retry_in,
+                )
+                .await?
+                {
                     Some(Failure::Retrying(d)) => {
                         tracing::warn!(error = %err, retry_in_secs = d.as_secs_f64(), "job attempt failed")
                     }

@@ -49,13 +49,21 @@ pub async fn provision(state: &AppState, job: &JobToRun) -> Result<Value, Dispat
             "this tenant has no active DNS server".into(),
         ));
     };
-    let records = records_for(state, job, &zone, domain_id).await?;
+    // The zone's records are the rows operators edit; a new zone starts with the defaults,
+    // as does an empty one an order provisions. A zone its operators emptied stays empty.
+    let zone_id = ensure_zone(state, job.tenant_id, domain_id).await?;
+    let mut records = stored_records(&state.db, zone_id).await?;
+    let operator_sync = job.payload.get("zoneId").is_some();
+    if records.is_empty() && (!operator_sync || !was_synced(state, zone_id).await?) {
+        records = records_for(state, job, &zone, domain_id).await?;
+        store_records(state, job.tenant_id, zone_id, &records).await?;
+    }
     let command = SyncDnsZone::new(zone.clone(), nameservers, soa, records)
         .map_err(|e| permanent(format!("the zone would be invalid: {e}")))?;
 
     set_job_server(state, job.id, dns_server).await?;
     let output = run_on(state, dns_server, command).await?;
-    record_zone(state, job.tenant_id, domain_id, output.serial).await?;
+    record_zone(state, zone_id, job.id, output.serial).await?;
     Ok(json!({
         "serverId": dns_server,
         "zone": zone,
@@ -156,35 +164,177 @@ fn is_mail_record(r: &DnsRecord) -> bool {
     matches!(r.data, RecordData::Mx { .. } | RecordData::Txt { .. })
 }
 
-/// The DnsZone row of the domain: synced, with the serial the agent reported.
-async fn record_zone(
+/// The domain's DnsZone row (created not synced); its id.
+pub async fn ensure_zone(
     state: &AppState,
     tenant: Uuid,
     domain: Uuid,
-    serial: u32,
-) -> Result<(), DispatchError> {
-    let serial = i32::try_from(serial).unwrap_or(i32::MAX);
-    let updated = sqlx::query(
-        "UPDATE dns_zones SET is_synced = true, soa_serial = $3, last_sync_at = now()
-          WHERE tenant_id = $1 AND domain_id = $2",
+) -> Result<Uuid, DispatchError> {
+    sqlx::query_scalar(
+        "WITH inserted AS (
+            INSERT INTO dns_zones (tenant_id, domain_id) VALUES ($1, $2)
+            ON CONFLICT (domain_id) DO NOTHING RETURNING id)
+         SELECT id FROM inserted
+         UNION ALL SELECT id FROM dns_zones WHERE domain_id = $2 AND tenant_id = $1
+         LIMIT 1",
     )
     .bind(tenant)
     .bind(domain)
+    .fetch_optional(&state.db)
+    .await
+    .map_err(db_error)?
+    .ok_or_else(|| DispatchError::Permanent("the domain's zone belongs to another tenant".into()))
+}
+
+/// The zone has been pushed to its DNS server at least once.
+async fn was_synced(state: &AppState, zone: Uuid) -> Result<bool, DispatchError> {
+    sqlx::query_scalar("SELECT last_sync_at IS NOT NULL FROM dns_zones WHERE id = $1")
+        .bind(zone)
+        .fetch_one(&state.db)
+        .await
+        .map_err(db_error)
+}
+
+/// The zone's records as stored (rows without typed data, from before the API wrote them,
+/// are skipped).
+pub async fn stored_records(
+    db: impl sqlx::PgExecutor<'_>,
+    zone: Uuid,
+) -> Result<Vec<DnsRecord>, DispatchError> {
+    let rows: Vec<(String, i32, Option<Value>)> = sqlx::query_as(
+        "SELECT name, ttl, data FROM dns_records WHERE zone_id = $1 ORDER BY name, type, content",
+    )
+    .bind(zone)
+    .fetch_all(db)
+    .await
+    .map_err(db_error)?;
+    rows.into_iter()
+        .filter_map(|(name, ttl, data)| data.map(|d| (name, ttl, d)))
+        .map(|(name, ttl, data)| {
+            let record = json!({ "name": name, "ttl": ttl, "data": data });
+            serde_json::from_value::<DnsRecord>(record).map_err(|e| {
+                DispatchError::Permanent(format!("a stored record of the zone is invalid: {e}"))
+            })
+        })
+        .collect()
+}
+
+async fn store_records(
+    state: &AppState,
+    tenant: Uuid,
+    zone: Uuid,
+    records: &[DnsRecord],
+) -> Result<(), DispatchError> {
+    let mut tx = state.db.begin().await.map_err(db_error)?;
+    for r in records {
+        insert_record(&mut tx, tenant, zone, r)
+            .await
+            .map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)
+}
+
+fn priority(r: &DnsRecord) -> Option<i32> {
+    match &r.data {
+        RecordData::Mx { priority, .. } | RecordData::Srv { priority, .. } => {
+            Some(i32::from(*priority))
+        }
+        _ => None,
+    }
+}
+
+fn ttl(r: &DnsRecord) -> i32 {
+    i32::try_from(r.ttl.get()).unwrap_or(i32::MAX)
+}
+
+/// Inserts one record row (nothing when the same record is already there); its id.
+pub async fn insert_record(
+    conn: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    zone: Uuid,
+    r: &DnsRecord,
+) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar(
+        "INSERT INTO dns_records (tenant_id, zone_id, name, type, content, ttl, priority, data)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (zone_id, name, type, content) DO NOTHING RETURNING id",
+    )
+    .bind(tenant)
+    .bind(zone)
+    .bind(r.name.as_str())
+    .bind(r.kind().as_str())
+    .bind(r.data.content())
+    .bind(ttl(r))
+    .bind(priority(r))
+    .bind(serde_json::to_value(&r.data).expect("record data serializes"))
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// Makes row `id` of `zone` hold `r`, keeping its id (an edited record stays addressable).
+pub async fn update_record(
+    conn: &mut sqlx::PgConnection,
+    zone: Uuid,
+    id: Uuid,
+    r: &DnsRecord,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE dns_records SET name = $3, type = $4, content = $5, ttl = $6, priority = $7,
+                data = $8
+          WHERE id = $1 AND zone_id = $2",
+    )
+    .bind(id)
+    .bind(zone)
+    .bind(r.name.as_str())
+    .bind(r.kind().as_str())
+    .bind(r.data.content())
+    .bind(ttl(r))
+    .bind(priority(r))
+    .bind(serde_json::to_value(&r.data).expect("record data serializes"))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the row of `r` from `zone` (a row is one name, type and content).
+pub async fn delete_record(
+    conn: &mut sqlx::PgConnection,
+    zone: Uuid,
+    r: &DnsRecord,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "DELETE FROM dns_records WHERE zone_id = $1 AND name = $2 AND type = $3 AND content = $4",
+    )
+    .bind(zone)
+    .bind(r.name.as_str())
+    .bind(r.kind().as_str())
+    .bind(r.data.content())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The zone was pushed, with the serial the agent reported. It is synced unless an edit
+/// made since this job read the records has queued another sync (not run yet).
+async fn record_zone(
+    state: &AppState,
+    zone: Uuid,
+    job: Uuid,
+    serial: u32,
+) -> Result<(), DispatchError> {
+    let serial = i32::try_from(serial).unwrap_or(i32::MAX);
+    sqlx::query(
+        "UPDATE dns_zones SET soa_serial = $2, last_sync_at = now(),
+                is_synced = NOT EXISTS (
+                    SELECT 1 FROM jobs WHERE type = 'PROVISION_DNS' AND id <> $3
+                       AND status IN ('PENDING', 'RUNNING') AND payload->>'zoneId' = $1::text)
+          WHERE id = $1",
+    )
+    .bind(zone)
     .bind(serial)
+    .bind(job)
     .execute(&state.db)
     .await
     .map_err(db_error)?;
-    if updated.rows_affected() == 0 {
-        sqlx::query(
-            "INSERT INTO dns_zones (tenant_id, domain_id, soa_serial, is_synced, last_sync_at)
-             VALUES ($1, $2, $3, true, now())",
-        )
-        .bind(tenant)
-        .bind(domain)
-        .bind(serial)
-        .execute(&state.db)
-        .await
-        .map_err(db_error)?;
-    }
     Ok(())
 }

@@ -1,22 +1,28 @@
 //! The fleet dispatcher: each job becomes the typed command for the right server's agent,
 //! and the agent's result updates the resource rows (spec §7.2, the provisioning issue).
 //!
-//! What is wired so far: PROVISION_DNS → `SyncDnsZone` on the tenant's DNS server. Job types
-//! whose executors have not landed yet fail retryably with a message saying so, exactly as
-//! before this dispatcher existed.
+//! - PROVISION_DNS → `SyncDnsZone` on the tenant's DNS server ([`dns`]);
+//! - PROVISION_HOSTING → `CreateSite` on the WEB server chosen by placement ([`hosting`]);
+//! - PROVISION_MAIL → `CreateMailbox` on the tenant's MAIL server ([`mail`]);
+//! - SUSPEND / UNSUSPEND / TERMINATE_ACCOUNT → the server holding the hosting account;
+//! - PROVISION_VPS → a permanent "unsupported" error: no agent role drives a hypervisor.
 //!
 //! Commands reach an agent only through the process whose fleet hub holds its connection:
 //! a standalone `mpanel worker` has no hub, so fleet jobs it takes fail retryably ("agent
 //! offline") and are retried — possibly by the panel's own worker. Routing commands between
 //! processes is the multi-replica design note in `fleet::dispatch`.
 
-mod dns;
+mod backup;
+pub mod dns;
+pub mod hosting;
+pub mod mail;
 
 use std::time::Duration;
 
 use mpanel_protocol::messages::{AgentCommand, Command, Outcome};
 use uuid::Uuid;
 
+use self::hosting::AccountAction;
 use crate::{
     app::AppState,
     fleet::dispatch::DispatchError as FleetError,
@@ -42,6 +48,30 @@ impl Dispatcher for FleetDispatcher {
         Box::pin(async move {
             match job.kind {
                 JobType::ProvisionDns => dns::provision(&self.state, job).await,
+                JobType::ProvisionHosting => hosting::provision(&self.state, job).await,
+                JobType::ProvisionMail => mail::provision(&self.state, job).await,
+                JobType::SuspendAccount if job.payload.get("mailAccountId").is_some() => {
+                    mail::set_enabled(&self.state, job, false).await
+                }
+                JobType::UnsuspendAccount if job.payload.get("mailAccountId").is_some() => {
+                    mail::set_enabled(&self.state, job, true).await
+                }
+                JobType::SuspendAccount => {
+                    hosting::account_action(&self.state, job, AccountAction::Suspend).await
+                }
+                JobType::UnsuspendAccount => {
+                    hosting::account_action(&self.state, job, AccountAction::Unsuspend).await
+                }
+                JobType::TerminateAccount => {
+                    hosting::account_action(&self.state, job, AccountAction::Terminate).await
+                }
+                JobType::RunBackup => backup::run(&self.state, job).await,
+                JobType::ProvisionVps => Err(DispatchError::Permanent(format!(
+                    "unsupported: VPS '{}' needs a hypervisor and no mPanel agent role drives \
+                     one yet; the server answers no VPS commands",
+                    job.payload["action"].as_str().unwrap_or("create")
+                ))),
+                #[allow(unreachable_patterns)]
                 other => Err(DispatchError::Retryable(format!(
                     "{other:?} has no agent executor on this panel yet"
                 ))),

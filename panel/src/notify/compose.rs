@@ -1,0 +1,260 @@
+//! The texts of our e-mails, from facts already read: pure functions, so what a customer or
+//! an operator reads is tested without a database or a relay. Plain text only.
+
+use std::fmt::Write as _;
+
+use zeroize::Zeroizing;
+
+/// What a customer gets once every job of their order succeeded.
+pub struct Welcome {
+    pub customer_name: Option<String>,
+    /// The tenant's name: who signs the e-mail.
+    pub tenant_name: String,
+    pub domain: Option<String>,
+    pub plan_name: String,
+    pub product_name: String,
+    pub hosting: Option<Hosting>,
+    pub mailboxes: Vec<String>,
+    /// Whether we host the domain's DNS zone, and the nameservers to delegate it to.
+    pub dns_zone: bool,
+    pub nameservers: Vec<String>,
+    pub credentials: Vec<Credential>,
+    /// `APP_URL`, without a trailing slash.
+    pub app_url: String,
+}
+
+pub struct Hosting {
+    pub server_name: String,
+    pub server_ip: String,
+    pub system_user: String,
+    pub home_dir: String,
+    pub php_version: Option<String>,
+}
+
+/// A stashed secret for the e-mail; `secret` is `None` when it no longer opens.
+pub struct Credential {
+    pub kind: String,
+    pub label: String,
+    pub secret: Option<Zeroizing<String>>,
+}
+
+/// Subject and body; the body may carry credentials, hence wiped when dropped.
+pub fn welcome(w: &Welcome) -> (String, Zeroizing<String>) {
+    let what = w.domain.as_deref().unwrap_or("your order");
+    let subject = format!("Your {} for {what} is ready", w.plan_name);
+    let mut b = Zeroizing::new(String::new());
+    let greeting = match &w.customer_name {
+        Some(name) if !name.trim().is_empty() => format!("Hello {},", name.trim()),
+        _ => "Hello,".to_owned(),
+    };
+    // Writing to a String cannot fail.
+    let _ = writeln!(b, "{greeting}\n");
+    let _ = writeln!(
+        b,
+        "thank you for your order. Your {} plan ({})\nfor {what} is set up and ready to use.",
+        w.plan_name, w.product_name
+    );
+
+    if let Some(h) = &w.hosting {
+        let _ = writeln!(b, "\nWebsite");
+        let _ = writeln!(b, "  Server:       {} ({})", h.server_name, h.server_ip);
+        let _ = writeln!(b, "  System user:  {}", h.system_user);
+        let _ = writeln!(b, "  Home folder:  {}", h.home_dir);
+        if let Some(php) = &h.php_version {
+            let _ = writeln!(b, "  PHP:          {php}");
+        }
+    }
+
+    if !w.mailboxes.is_empty() {
+        let _ = writeln!(b, "\nE-mail");
+        for mailbox in &w.mailboxes {
+            let _ = writeln!(b, "  Mailbox:      {mailbox}");
+        }
+        if let Some(domain) = &w.domain {
+            let _ = writeln!(
+                b,
+                "  Incoming (IMAP) and outgoing (SMTP) mail server: mail.{domain}"
+            );
+        }
+    }
+
+    if w.dns_zone {
+        let _ = writeln!(b, "\nDNS");
+        let _ = writeln!(b, "  We host the DNS zone of {what}.");
+        if !w.nameservers.is_empty() {
+            let _ = writeln!(
+                b,
+                "  If the domain is registered elsewhere, set its nameservers to:"
+            );
+            for ns in &w.nameservers {
+                let _ = writeln!(b, "    {ns}");
+            }
+        }
+    }
+
+    if !w.credentials.is_empty() {
+        let _ = writeln!(b, "\nYour credentials");
+        for c in &w.credentials {
+            let name = match c.kind.as_str() {
+                "MAILBOX" => "Mailbox".to_owned(),
+                "HOSTING" | "SFTP" => "Hosting login".to_owned(),
+                other => other.replace('_', " ").to_lowercase(),
+            };
+            match &c.secret {
+                Some(secret) => {
+                    let _ = writeln!(b, "  {name} {}: password {}", c.label, secret.as_str());
+                }
+                None => {
+                    let _ = writeln!(
+                        b,
+                        "  {name} {}: we could not include this password here;\n    \
+                         please ask our support to reset it.",
+                        c.label
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            b,
+            "\nPlease change these passwords after your first login, and do not\n\
+             forward this e-mail."
+        );
+    }
+
+    let _ = writeln!(
+        b,
+        "\nQuestions? Reply to this e-mail or visit {}.\n\n{}",
+        w.app_url, w.tenant_name
+    );
+    (subject, b)
+}
+
+/// What operators get when a job gave up.
+pub struct JobFailed<'a> {
+    pub tenant_name: &'a str,
+    pub job_id: uuid::Uuid,
+    pub job_type: &'a str,
+    pub attempts: i32,
+    pub error: &'a str,
+    pub app_url: &'a str,
+}
+
+pub fn job_failed(j: &JobFailed<'_>) -> (String, String) {
+    let subject = format!("[{}] Job {} failed", j.tenant_name, j.job_type);
+    let body = format!(
+        "A job of {tenant} failed and will not be retried.\n\n\
+         \x20 Job:       {id}\n\
+         \x20 Type:      {kind}\n\
+         \x20 Attempts:  {attempts}\n\
+         \x20 Error:     {error}\n\n\
+         Details and log: {url}/jobs/{id}\n",
+        tenant = j.tenant_name,
+        id = j.job_id,
+        kind = j.job_type,
+        attempts = j.attempts,
+        error = j.error,
+        url = j.app_url,
+    );
+    (subject, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn welcome_facts() -> Welcome {
+        Welcome {
+            customer_name: Some("Ada Lovelace".into()),
+            tenant_name: "MigraHosting".into(),
+            domain: Some("shop.example".into()),
+            plan_name: "Starter".into(),
+            product_name: "Shared hosting".into(),
+            hosting: Some(Hosting {
+                server_name: "srv1".into(),
+                server_ip: "203.0.113.10".into(),
+                system_user: "shopexample".into(),
+                home_dir: "/home/shopexample".into(),
+                php_version: Some("8.2".into()),
+            }),
+            mailboxes: vec!["info@shop.example".into()],
+            dns_zone: true,
+            nameservers: vec!["ns1.example.test".into(), "ns2.example.test".into()],
+            credentials: vec![
+                Credential {
+                    kind: "MAILBOX".into(),
+                    label: "info@shop.example".into(),
+                    secret: Some(Zeroizing::new("s3cret-Pa55".into())),
+                },
+                Credential {
+                    kind: "MAILBOX".into(),
+                    label: "old@shop.example".into(),
+                    secret: None,
+                },
+            ],
+            app_url: "https://panel.example.com".into(),
+        }
+    }
+
+    #[test]
+    fn welcome_names_everything_provisioned() {
+        let (subject, body) = welcome(&welcome_facts());
+        assert_eq!(subject, "Your Starter for shop.example is ready");
+        for part in [
+            "Hello Ada Lovelace,",
+            "Starter plan (Shared hosting)\nfor shop.example is set up",
+            "srv1 (203.0.113.10)",
+            "shopexample",
+            "/home/shopexample",
+            "PHP:          8.2",
+            "Mailbox:      info@shop.example",
+            "mail.shop.example",
+            "    ns1.example.test\n    ns2.example.test\n",
+            "Mailbox info@shop.example: password s3cret-Pa55",
+            "Mailbox old@shop.example: we could not include this password here;\n    please ask our support to reset it.",
+            "https://panel.example.com",
+            "\nMigraHosting\n",
+        ] {
+            assert!(body.contains(part), "{part:?} missing from:\n{}", *body);
+        }
+        assert!(!subject.contains("s3cret"));
+    }
+
+    #[test]
+    fn a_bare_order_still_reads_well() {
+        let (subject, body) = welcome(&Welcome {
+            customer_name: None,
+            domain: None,
+            hosting: None,
+            mailboxes: vec![],
+            dns_zone: false,
+            credentials: vec![],
+            ..welcome_facts()
+        });
+        assert_eq!(subject, "Your Starter for your order is ready");
+        assert!(body.starts_with("Hello,\n"), "{}", *body);
+        for absent in ["Website", "E-mail\n", "DNS", "credentials", "password"] {
+            assert!(!body.contains(absent), "{absent:?} in:\n{}", *body);
+        }
+    }
+
+    #[test]
+    fn job_failed_links_to_the_job() {
+        let id = uuid::Uuid::new_v4();
+        let (subject, body) = job_failed(&JobFailed {
+            tenant_name: "Acme",
+            job_id: id,
+            job_type: "PROVISION_DNS",
+            attempts: 3,
+            error: "the server's agent is offline",
+            app_url: "https://panel.example.com",
+        });
+        assert_eq!(subject, "[Acme] Job PROVISION_DNS failed");
+        assert!(body.contains(&format!("  Job:       {id}\n")), "{body}");
+        assert!(body.contains("  Attempts:  3\n"), "{body}");
+        assert!(body.contains("the server's agent is offline"), "{body}");
+        assert!(
+            body.contains(&format!("https://panel.example.com/jobs/{id}")),
+            "{body}"
+        );
+    }
+}

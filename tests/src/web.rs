@@ -1,0 +1,176 @@
+//! A web server for the web role's agent in a temp-dir sandbox: its own passwd files (the
+//! agent runs `useradd --prefix`), and a real nginx started from a private config on a free
+//! loopback port that includes the vhosts the agent writes.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+pub const NGINX: &str = "/usr/sbin/nginx";
+
+pub struct WebSandbox {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    running: bool,
+}
+
+impl WebSandbox {
+    /// Creates the sandbox and starts nginx (stopped on drop).
+    pub fn start() -> WebSandbox {
+        assert!(
+            Path::new(NGINX).exists(),
+            "nginx is missing: install nginx-light (.ci/run does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let d = dir.path();
+        for sub in [
+            "root/etc",
+            "root/home",
+            "sites",
+            "php/8.2/pool.d",
+            "run",
+            "log",
+            "tmp",
+        ] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        for f in ["passwd", "group", "shadow", "gshadow"] {
+            std::fs::write(d.join("root/etc").join(f), "").unwrap();
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = format!(
+            "user root root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/log/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/tmp/body;\n  \
+             proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n  \
+             uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n  \
+             server {{ listen 127.0.0.1:{port} default_server; return 444; }}\n  \
+             include {d}/sites/*.conf;\n}}\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("nginx.conf"), conf).unwrap();
+        let mut sandbox = WebSandbox {
+            dir,
+            port,
+            running: false,
+        };
+        let status = Command::new(NGINX)
+            .args(sandbox.nginx_args())
+            .status()
+            .unwrap();
+        assert!(status.success(), "nginx did not start");
+        sandbox.running = true;
+        sandbox
+    }
+
+    fn nginx_args(&self) -> Vec<String> {
+        let d = self.dir.path().display();
+        vec![
+            "-p".into(),
+            d.to_string(),
+            "-e".into(),
+            format!("{d}/log/error.log"),
+            "-c".into(),
+            format!("{d}/nginx.conf"),
+        ]
+    }
+
+    fn argv_toml(&self, extra: &[&str]) -> String {
+        let mut v = vec![format!("\"{NGINX}\"")];
+        v.extend(self.nginx_args().iter().map(|a| format!("\"{a}\"")));
+        v.extend(extra.iter().map(|a| format!("\"{a}\"")));
+        format!("[{}]", v.join(", "))
+    }
+
+    /// The agent's `[web]` section for this sandbox (php-fpm is not installed: no pool
+    /// checks or reloads).
+    pub fn agent_toml(&self) -> String {
+        let d = self.dir.path().display();
+        format!(
+            "[web]\nusers_prefix = \"{d}/root\"\nhome_root = \"/home\"\nsites_dir = \"{d}/sites\"\n\
+             log_dir = \"{d}/log\"\npool_dir = \"{d}/php/{{php}}/pool.d\"\nsocket_dir = \"{d}/run\"\n\
+             archive_dir = \"{d}/archive\"\nlisten = [\"127.0.0.1:{port}\"]\n\
+             nginx_test = {test}\nnginx_reload = {reload}\nphp_fpm_test = []\nphp_fpm_reload = []\n",
+            port = self.port,
+            test = self.argv_toml(&["-t", "-q"]),
+            reload = self.argv_toml(&["-s", "reload"]),
+        )
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_default()
+    }
+
+    /// `GET /` with `Host: host`: status and body; `None` when nginx drops the request.
+    pub fn get(&self, host: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let status = text.split(' ').nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+        Some((status, body))
+    }
+
+    /// Waits (nginx reloads asynchronously) until `host` answers `status` (`None`: is not
+    /// served at all); returns the body.
+    pub fn wait_for(&self, host: &str, status: Option<u16>) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = self.get(host);
+            match (&got, status) {
+                (Some((s, body)), Some(want)) if *s == want => return body.clone(),
+                (None, None) => return String::new(),
+                _ => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host} never answered {status:?}; last: {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The sandbox's passwd line of `user`.
+    pub fn passwd_line(&self, user: &str) -> Option<String> {
+        self.read("root/etc/passwd")
+            .lines()
+            .find(|l| l.starts_with(&format!("{user}:")))
+            .map(str::to_owned)
+    }
+
+    /// `nginx -t` on the sandbox's configuration, as the e2e test's independent check.
+    pub fn nginx_config_ok(&self) -> bool {
+        Command::new(NGINX)
+            .args(self.nginx_args())
+            .args(["-t", "-q"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for WebSandbox {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = Command::new(NGINX)
+                .args(self.nginx_args())
+                .args(["-s", "stop"])
+                .status();
+        }
+    }
+}
