@@ -128,21 +128,21 @@ pub async fn run(code: &'static str, argv: &[String], retryable: bool) -> Result
     if output.status.success() {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let tail: String = stderr
-        .trim()
-        .chars()
-        .rev()
-        .take(500)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    let tail = stderr_tail(&output.stderr);
     Err(Failure::new(
         code,
         format!("{} failed ({}): {tail}", argv.join(" "), output.status),
         retryable,
     ))
+}
+
+/// The end of a command's stderr, on one line and at most 500 characters: what an error
+/// message can carry.
+pub fn stderr_tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let flat = text.trim().replace('\n', " | ");
+    let skip = flat.chars().count().saturating_sub(500);
+    flat.chars().skip(skip).collect()
 }
 
 /// Whether this process runs as root (`/proc/self` belongs to the effective uid).

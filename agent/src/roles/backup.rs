@@ -376,17 +376,7 @@ async fn run_into(
             ));
         }
     };
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let flat = stderr.trim().replace('\n', " | ");
-    let tail: String = flat
-        .chars()
-        .rev()
-        .take(500)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    Ok((output.status, tail))
+    Ok((output.status, crate::host::stderr_tail(&output.stderr)))
 }
 
 #[cfg(test)]

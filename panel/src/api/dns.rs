@@ -32,7 +32,7 @@ use crate::{
         client::ClientMeta,
         error::{ApiError, ApiResult},
         extract::{ApiJson, IdPath},
-        list::{ListQuery, Page, fetch_page},
+        list::{ListQuery, Page, contains_pattern, fetch_page},
     },
     jobs::{self, store},
     model::JobType,
@@ -126,16 +126,7 @@ async fn list(
         "z.created_at",
     )?;
     let f = &query.filter;
-    let domain_like = f.domain.as_deref().map(|d| {
-        // `%` and `_` are searched for as themselves (`\` is LIKE's escape character).
-        let escaped = d
-            .trim()
-            .to_lowercase()
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        format!("%{escaped}%")
-    });
+    let domain_like = f.domain.as_deref().map(contains_pattern);
     const WHERE: &str = "z.tenant_id = $1 AND ($2::uuid IS NULL OR z.domain_id = $2)
         AND ($3::boolean IS NULL OR z.is_synced = $3) AND ($4::text IS NULL OR d.name LIKE $4)";
     let args = crate::pg_args![user.tenant_id, f.domain_id, f.is_synced, domain_like];

@@ -20,7 +20,7 @@ use crate::{
         client::ClientMeta,
         error::{ApiError, ApiResult},
         extract::{ApiJson, IdPath},
-        list::{ListQuery, Page, fetch_page},
+        list::{ListQuery, Page, contains_pattern, fetch_page},
     },
     jobs::{self, store},
     model::{HostingStatus, JobType},
@@ -93,16 +93,7 @@ async fn list(
         "h.created_at",
     )?;
     let f = &query.filter;
-    let domain_like = f.domain.as_deref().map(|d| {
-        // `%` and `_` are searched for as themselves (`\` is LIKE's escape character).
-        let escaped = d
-            .trim()
-            .to_lowercase()
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        format!("%{escaped}%")
-    });
+    let domain_like = f.domain.as_deref().map(contains_pattern);
     const WHERE: &str = "h.tenant_id = $1 AND ($2::hosting_status IS NULL OR h.status = $2)
         AND ($3::uuid IS NULL OR h.server_id = $3) AND ($4::uuid IS NULL OR h.domain_id = $4)
         AND ($5::uuid IS NULL OR d.customer_id = $5) AND ($6::text IS NULL OR d.name LIKE $6)";

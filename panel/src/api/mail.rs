@@ -28,7 +28,7 @@ use crate::{
         client::ClientMeta,
         error::{ApiError, ApiResult},
         extract::{ApiJson, IdPath},
-        list::{ListQuery, Page, fetch_page},
+        list::{ListQuery, Page, contains_pattern, fetch_page},
     },
     jobs::{self, store},
     model::{JobType, MailStatus},
@@ -101,16 +101,7 @@ async fn list(
         "m.created_at",
     )?;
     let f = &query.filter;
-    let like = f.email.as_deref().map(|d| {
-        // `%` and `_` are searched for as themselves (`\` is LIKE's escape character).
-        let escaped = d
-            .trim()
-            .to_lowercase()
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        format!("%{escaped}%")
-    });
+    let like = f.email.as_deref().map(contains_pattern);
     const WHERE: &str = "m.tenant_id = $1 AND ($2::mail_status IS NULL OR m.status = $2)
         AND ($3::uuid IS NULL OR m.domain_id = $3) AND ($4::text IS NULL OR m.email LIKE $4)";
     let args = crate::pg_args![user.tenant_id, f.status, f.domain_id, like];

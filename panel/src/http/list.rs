@@ -100,6 +100,18 @@ pub struct Page<T: Serialize> {
     pub page_size: u32,
 }
 
+/// A `LIKE` pattern matching values that contain `text` (trimmed, lowercase); `%`, `_` and
+/// `\` in it are searched for as themselves (`\` is LIKE's escape character).
+pub fn contains_pattern(text: &str) -> String {
+    let escaped = text
+        .trim()
+        .to_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
 /// `sort=field&order=asc|desc`, checked against the columns a collection allows.
 #[derive(Debug, Clone, Deserialize, Default)]
 pub struct Sorting {

@@ -16,15 +16,14 @@ use std::time::Duration;
 use mpanel_protocol::{
     SystemUser,
     backup::{BackupDatabase, BackupOutput, BackupSite, DatabaseName},
-    messages::{AgentCommand, Command, Outcome},
+    messages::{AgentCommand, Command},
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{db_error, pick_server, set_job_server};
+use super::{db_error, pick_server, run_on_within, set_job_server};
 use crate::{
     app::AppState,
-    fleet::dispatch::DispatchError as FleetError,
     jobs::dispatcher::{DispatchError, JobToRun},
     model::BackupType,
 };
@@ -170,32 +169,7 @@ where
         Some((true, Some(true))) => {}
     }
     set_job_server(state, job.id, server).await?;
-    let outcome = state
-        .fleet
-        .send(server, command, BACKUP_DEADLINE)
-        .await
-        .map_err(|e| match e {
-            FleetError::Offline => DispatchError::Retryable("the server's agent is offline".into()),
-            other => DispatchError::Retryable(other.to_string()),
-        })?;
-    match &outcome {
-        Outcome::Error {
-            code,
-            message,
-            retryable,
-        } => {
-            let text = format!("{}: {}", code.as_str(), message.as_str());
-            Err(if *retryable {
-                DispatchError::Retryable(text)
-            } else {
-                DispatchError::Permanent(text)
-            })
-        }
-        Outcome::Ok { .. } => outcome
-            .output::<C>()
-            .expect("an ok outcome has an output")
-            .map_err(|e| permanent(format!("the agent's answer did not parse: {e}"))),
-    }
+    run_on_within(state, server, command, BACKUP_DEADLINE).await
 }
 
 async fn record_success(

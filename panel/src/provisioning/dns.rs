@@ -52,6 +52,15 @@ pub async fn provision(state: &AppState, job: &JobToRun) -> Result<Value, Dispat
     // The zone's records are the rows operators edit; a new zone starts with the defaults,
     // as does an empty one an order provisions. A zone its operators emptied stays empty.
     let zone_id = ensure_zone(state, job.tenant_id, domain_id).await?;
+    // One push per zone at a time: a second sync waits here and then reads the records as
+    // they are after the first, so the last push to PowerDNS is never an older set. The lock
+    // lives in a transaction, so a dropped job releases it with its connection.
+    let mut zone_lock = state.db.begin().await.map_err(db_error)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 5381))")
+        .bind(zone_id)
+        .execute(&mut *zone_lock)
+        .await
+        .map_err(db_error)?;
     let mut records = stored_records(&state.db, zone_id).await?;
     let operator_sync = job.payload.get("zoneId").is_some();
     if records.is_empty() && (!operator_sync || !was_synced(state, zone_id).await?) {
@@ -64,6 +73,7 @@ pub async fn provision(state: &AppState, job: &JobToRun) -> Result<Value, Dispat
     set_job_server(state, job.id, dns_server).await?;
     let output = run_on(state, dns_server, command).await?;
     record_zone(state, zone_id, job.id, output.serial).await?;
+    zone_lock.commit().await.map_err(db_error)?;
     Ok(json!({
         "serverId": dns_server,
         "zone": zone,

@@ -87,9 +87,23 @@ where
     C: AgentCommand,
     Command: From<C>,
 {
+    run_on_within(state, server, command, COMMAND_DEADLINE).await
+}
+
+/// [`run_on`] with its own deadline (backups run for hours, not seconds).
+async fn run_on_within<C>(
+    state: &AppState,
+    server: Uuid,
+    command: C,
+    deadline: Duration,
+) -> Result<C::Output, DispatchError>
+where
+    C: AgentCommand,
+    Command: From<C>,
+{
     let outcome = state
         .fleet
-        .send(server, command, COMMAND_DEADLINE)
+        .send(server, command, deadline)
         .await
         .map_err(|e| match e {
             FleetError::Offline => DispatchError::Retryable("the server's agent is offline".into()),
