@@ -1315,3 +1315,105 @@ async fn hosting_accounts_made_by_hand_go_live_on_the_web_server() {
     assert!(agent.terminate().await.success());
     app.cleanup().await;
 }
+
+/// Placement (the provisioning issue): a new site goes to the tenant's active WEB server whose
+/// agent is online and that holds the fewest live accounts; inactive and offline servers are
+/// passed over, and terminated accounts do not count.
+#[tokio::test]
+async fn sites_are_placed_on_the_least_loaded_active_online_web_server() {
+    let app = spawn(&[]).await;
+    let org = org_with_roles(&app, "acme", &["SUPER_ADMIN"]).await;
+    let root = org.super_admin().token().to_owned();
+    let web_a = WebSandbox::start();
+    let web_b = WebSandbox::start();
+    let a = create_server(&app, &root, "web-a", "WEB", "192.0.2.10").await;
+    let b = create_server(&app, &root, "web-b", "WEB", "192.0.2.11").await;
+    let mut agent_a = start_agent(
+        &app,
+        &root,
+        &a,
+        "web-a",
+        &format!("roles = [\"web\"]\n{}", web_a.agent_toml()),
+    )
+    .await;
+    let mut agent_b = start_agent(
+        &app,
+        &root,
+        &b,
+        "web-b",
+        &format!("roles = [\"web\"]\n{}", web_b.agent_toml()),
+    )
+    .await;
+
+    // Creates a site by hand and answers the server it was placed on, once it is live.
+    let place = |domain: &'static str| {
+        let app = &app;
+        let root = root.clone();
+        async move {
+            let reply = authed(app, &root)
+                .post("/api/hosting/accounts", &json!({ "domain": domain }))
+                .await
+                .expect(202);
+            let done = wait_job(app, &root, &job_id(&reply)).await;
+            done["serverId"].as_str().unwrap().to_owned()
+        }
+    };
+    // Both empty: the older server first, then the one with fewer accounts.
+    assert_eq!(place("one.example.net").await, a);
+    assert_eq!(place("two.example.net").await, b);
+    assert_eq!(place("three.example.net").await, a);
+    // B has fewer accounts but is inactive: passed over.
+    authed(&app, &root)
+        .patch(&format!("/api/servers/{b}"), &json!({ "isActive": false }))
+        .await
+        .expect(200);
+    assert_eq!(place("four.example.net").await, a);
+    // Active again, but its agent is offline: passed over too.
+    authed(&app, &root)
+        .patch(&format!("/api/servers/{b}"), &json!({ "isActive": true }))
+        .await
+        .expect(200);
+    assert!(agent_b.terminate().await.success());
+    wait_for("web-b to be offline", WAIT, || async {
+        let s = authed(&app, &root)
+            .get(&format!("/api/servers/{b}"))
+            .await
+            .expect(200);
+        (s["agentOnline"] == false).then_some(())
+    })
+    .await;
+    assert_eq!(place("five.example.net").await, a);
+    // A holds 4 live accounts, B 1. Terminated accounts do not count: with three of A's
+    // terminated, both hold one.
+    agent_b.start();
+    wait_for("web-b to be online", WAIT, || async {
+        let s = authed(&app, &root)
+            .get(&format!("/api/servers/{b}"))
+            .await
+            .expect(200);
+        (s["agentOnline"] == true).then_some(())
+    })
+    .await;
+    let on_a = authed(&app, &root)
+        .get(&format!("/api/hosting/accounts?serverId={a}&status=ACTIVE"))
+        .await
+        .expect(200);
+    assert_eq!(on_a["total"], 4, "{on_a}");
+    for account in items(&on_a).iter().take(3) {
+        let id = account["id"].as_str().unwrap();
+        let reply = authed(&app, &root)
+            .post(&format!("/api/hosting/accounts/{id}/terminate"), &json!({}))
+            .await
+            .expect(202);
+        wait_job(&app, &root, &job_id(&reply)).await;
+    }
+    // A: 1 live account, B: 1 — a tie goes to the older server; then B.
+    assert_eq!(place("six.example.net").await, a);
+    assert_eq!(place("seven.example.net").await, b);
+    assert!(web_b.passwd_line("seven_example_net").is_some());
+    assert!(web_a.passwd_line("seven_example_net").is_none());
+
+    assert!(agent_a.terminate().await.success());
+    assert!(agent_b.terminate().await.success());
+    app.cleanup().await;
+}
