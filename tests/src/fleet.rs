@@ -222,3 +222,34 @@ fn read_jsonl(path: &Path) -> Vec<Value> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }
+
+/// How long the provisioning tests wait for a job.
+pub const JOB_WAIT: Duration = Duration::from_secs(60);
+
+/// A server of `role` (WEB, DNS, MAIL, …) made through the API as `token`; its id.
+pub async fn add_server(app: &TestApp, token: &str, name: &str, role: &str, ip: &str) -> String {
+    let body = serde_json::json!({ "name": name, "role": role, "ipAddress": ip });
+    authed(app, token)
+        .post("/api/servers", &body)
+        .await
+        .expect(201)["id"]
+        .as_str()
+        .expect("a server id")
+        .to_owned()
+}
+
+/// Waits until job `id` is `status`; a job that ends FAILED on the way to another status
+/// fails the test at once, with the job (and its lastError) in the message.
+pub async fn wait_job_status(app: &TestApp, token: &str, id: &str, status: &str) -> Value {
+    wait_for(&format!("job {id} to be {status}"), JOB_WAIT, || async {
+        let j = authed(app, token)
+            .get(&format!("/api/jobs/{id}"))
+            .await
+            .expect(200);
+        if status != "FAILED" {
+            assert_ne!(j["status"], "FAILED", "{j}");
+        }
+        (j["status"] == status).then_some(j)
+    })
+    .await
+}

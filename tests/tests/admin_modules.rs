@@ -10,7 +10,7 @@ use std::{process::Command, time::Duration};
 use mpanel_tests::{
     TestApp,
     api::{Reply, authed, org_with_roles},
-    fleet::{AgentProc, enrollment_token, hub_addr},
+    fleet::{AgentProc, add_server, enrollment_token, hub_addr, wait_job_status},
     pdns::{API_KEY, Pdns},
     wait_for,
     web::WebSandbox,
@@ -34,17 +34,6 @@ async fn spawn(extra: &[(&str, &str)]) -> TestApp {
     TestApp::spawn_with(&env).await
 }
 
-async fn create_server(app: &TestApp, token: &str, name: &str, role: &str, ip: &str) -> String {
-    let body = json!({ "name": name, "role": role, "ipAddress": ip });
-    authed(app, token)
-        .post("/api/servers", &body)
-        .await
-        .expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// Enrolls and starts a real agent for `server_id` with `config` (roles and role sections).
 async fn start_agent(
     app: &TestApp,
@@ -66,25 +55,6 @@ async fn start_agent(
     })
     .await;
     agent
-}
-
-async fn job(app: &TestApp, token: &str, id: &str) -> Value {
-    authed(app, token)
-        .get(&format!("/api/jobs/{id}"))
-        .await
-        .expect(200)
-}
-
-/// Waits until job `id` is in `status` (and never FAILED on the way, unless that is asked).
-async fn wait_job_status(app: &TestApp, token: &str, id: &str, status: &str) -> Value {
-    wait_for(&format!("job {id} to be {status}"), WAIT, || async {
-        let j = job(app, token, id).await;
-        if status != "FAILED" {
-            assert_ne!(j["status"], "FAILED", "{j}");
-        }
-        (j["status"] == status).then_some(j)
-    })
-    .await
 }
 
 async fn wait_job(app: &TestApp, token: &str, id: &str) -> Value {
@@ -198,9 +168,9 @@ async fn dns_zones_and_records_are_served_by_powerdns() {
     let stranger = other.super_admin().token().to_owned();
     let pool = app.db.pool().await;
 
-    let dns_id = create_server(&app, &admin, "dns-core", "DNS", "192.0.2.53").await;
+    let dns_id = add_server(&app, &admin, "dns-core", "DNS", "192.0.2.53").await;
     // A MAIL server (no agent needed): new zones get the mail part of the default records.
-    create_server(&app, &admin, "mail-core", "MAIL", "192.0.2.25").await;
+    add_server(&app, &admin, "mail-core", "MAIL", "192.0.2.25").await;
     let key_file = pdns.dir.path().join("api-key");
     std::fs::write(&key_file, API_KEY).unwrap();
     let dns_toml = format!(
@@ -633,7 +603,7 @@ async fn mailboxes_are_created_disabled_and_rekeyed_on_the_mail_server() {
     add_domain(&pool, &acme.tenant_id, "mailbox.example").await;
     add_domain(&pool, &other.tenant_id, "elsewhere.example").await;
 
-    let mail_id = create_server(&app, &admin, "mail-core", "MAIL", "192.0.2.25").await;
+    let mail_id = add_server(&app, &admin, "mail-core", "MAIL", "192.0.2.25").await;
     let md = mail_dir.path().display();
     let mail_toml = format!(
         "roles = [\"mail\"]\n[mail]\nvmail_uid = 5000\nvmail_gid = 5000\nreload = false\n\
@@ -915,9 +885,9 @@ async fn vps_actions_are_queued_and_fail_as_unsupported() {
     let reader = acme.by_role("READ_ONLY").token().to_owned();
     let stranger = other.super_admin().token().to_owned();
     let pool = app.db.pool().await;
-    let hv1 = create_server(&app, &admin, "hv1", "WEB", "192.0.2.101").await;
-    let hv2 = create_server(&app, &admin, "hv2", "WEB", "192.0.2.102").await;
-    let theirs = create_server(&app, &stranger, "their-hv", "WEB", "192.0.2.201").await;
+    let hv1 = add_server(&app, &admin, "hv1", "WEB", "192.0.2.101").await;
+    let hv2 = add_server(&app, &admin, "hv2", "WEB", "192.0.2.102").await;
+    let theirs = add_server(&app, &stranger, "their-hv", "WEB", "192.0.2.201").await;
 
     let vps = |name: &str, server: &str| json!({ "name": name, "serverId": server, "cpuCores": 2, "memoryMb": 2048, "diskGb": 40 });
     authed(&app, &reader)
@@ -1092,7 +1062,7 @@ async fn hosting_accounts_made_by_hand_go_live_on_the_web_server() {
     let reader = acme.by_role("READ_ONLY").token().to_owned();
     let stranger = other.super_admin().token().to_owned();
     let pool = app.db.pool().await;
-    let web_id = create_server(&app, &admin, "srv1-web", "WEB", "192.0.2.80").await;
+    let web_id = add_server(&app, &admin, "srv1-web", "WEB", "192.0.2.80").await;
     let web_toml = format!("roles = [\"web\"]\n{}", web.agent_toml());
     let mut agent = start_agent(&app, &admin, &web_id, "srv1-web", &web_toml).await;
 
@@ -1326,8 +1296,8 @@ async fn sites_are_placed_on_the_least_loaded_active_online_web_server() {
     let root = org.super_admin().token().to_owned();
     let web_a = WebSandbox::start();
     let web_b = WebSandbox::start();
-    let a = create_server(&app, &root, "web-a", "WEB", "192.0.2.10").await;
-    let b = create_server(&app, &root, "web-b", "WEB", "192.0.2.11").await;
+    let a = add_server(&app, &root, "web-a", "WEB", "192.0.2.10").await;
+    let b = add_server(&app, &root, "web-b", "WEB", "192.0.2.11").await;
     let mut agent_a = start_agent(
         &app,
         &root,

@@ -12,7 +12,7 @@ use std::{
 use mpanel_tests::{
     TestApp,
     api::{Org, anon, authed, create_server, org_with_roles, unique},
-    fleet::{AgentProc, enrollment_token, hub_addr},
+    fleet::{AgentProc, enrollment_token, hub_addr, wait_job_status},
     panel::INTERNAL_KEY,
     wait_for,
 };
@@ -494,17 +494,6 @@ fn files_below(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-async fn wait_job(app: &TestApp, token: &str, id: &str, status: &str) -> Value {
-    wait_for(&format!("job {id} to be {status}"), WAIT, || async {
-        let j = authed(app, token)
-            .get(&format!("/api/jobs/{id}"))
-            .await
-            .expect(200);
-        (j["status"] == status).then_some(j)
-    })
-    .await
-}
-
 async fn rerun(app: &TestApp, token: &str, backup: &str) -> String {
     authed(app, token)
         .post(&format!("/api/backups/jobs/{backup}/rerun"), &json!({}))
@@ -574,7 +563,7 @@ async fn a_rerun_archives_the_site_on_its_agent_and_records_the_archive() {
 
     // One run: the job succeeds, the BackupJob describes the archive on disk.
     let job_id = rerun(&app, &admin, &id).await;
-    let job = wait_job(&app, &admin, &job_id, "SUCCESS").await;
+    let job = wait_job_status(&app, &admin, &job_id, "SUCCESS").await;
     assert_eq!(job["serverId"], server.as_str(), "{job}");
     let done = backup(&app, &admin, &id).await;
     assert_eq!(done["status"], "SUCCESS", "{done}");
@@ -602,7 +591,7 @@ async fn a_rerun_archives_the_site_on_its_agent_and_records_the_archive() {
     // Two more runs: the agent keeps the newest two archives.
     for _ in 0..2 {
         let j = rerun(&app, &admin, &id).await;
-        wait_job(&app, &admin, &j, "SUCCESS").await;
+        wait_job_status(&app, &admin, &j, "SUCCESS").await;
     }
     let archives = files_below(&sandbox.path().join("archives"));
     assert_eq!(archives.len(), 2, "{archives:?}");
@@ -627,7 +616,7 @@ async fn a_rerun_archives_the_site_on_its_agent_and_records_the_archive() {
         .unwrap()
         .to_owned();
     let j = rerun(&app, &admin, &ghost_id).await;
-    let failed_job = wait_job(&app, &admin, &j, "FAILED").await;
+    let failed_job = wait_job_status(&app, &admin, &j, "FAILED").await;
     assert_eq!(failed_job["attempts"], 1, "not retried: {failed_job}");
     let failed = backup(&app, &admin, &ghost_id).await;
     assert_eq!(failed["status"], "FAILED");

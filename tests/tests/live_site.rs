@@ -10,7 +10,7 @@ use std::{process::Command, time::Duration};
 use mpanel_tests::{
     TestApp,
     api::{anon, authed, org_with_roles},
-    fleet::{AgentProc, enrollment_token, hub_addr},
+    fleet::{AgentProc, add_server, enrollment_token, hub_addr, wait_job_status},
     panel::INTERNAL_KEY,
     pdns::{API_KEY, Pdns},
     selling::hosting_offer,
@@ -21,29 +21,6 @@ use mpanel_tests::{
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn create_server(app: &TestApp, token: &str, name: &str, role: &str, ip: &str) -> String {
-    let body = json!({ "name": name, "role": role, "ipAddress": ip });
-    authed(app, token)
-        .post("/api/servers", &body)
-        .await
-        .expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-async fn wait_job(app: &TestApp, token: &str, id: &str) -> Value {
-    wait_for(&format!("job {id} to succeed"), WAIT, || async {
-        let j = authed(app, token)
-            .get(&format!("/api/jobs/{id}"))
-            .await
-            .expect(200);
-        assert_ne!(j["status"], "FAILED", "{j}");
-        (j["status"] == "SUCCESS").then_some(j)
-    })
-    .await
-}
 
 async fn account(app: &TestApp, token: &str, id: &str) -> Value {
     authed(app, token)
@@ -76,9 +53,9 @@ async fn a_paid_hosting_order_becomes_a_live_site_then_is_suspended_and_terminat
     let support = acme.by_role("SUPPORT").token().to_owned();
 
     // The fleet: three servers, each with its real agent.
-    let web_id = create_server(&app, &admin, "srv1-web", "WEB", "192.0.2.80").await;
-    let dns_id = create_server(&app, &admin, "dns-core", "DNS", "192.0.2.53").await;
-    let mail_id = create_server(&app, &admin, "mail-core", "MAIL", "192.0.2.25").await;
+    let web_id = add_server(&app, &admin, "srv1-web", "WEB", "192.0.2.80").await;
+    let dns_id = add_server(&app, &admin, "dns-core", "DNS", "192.0.2.53").await;
+    let mail_id = add_server(&app, &admin, "mail-core", "MAIL", "192.0.2.25").await;
     let hub = hub_addr(&app).await;
     let mut agents = Vec::new();
     let key_file = pdns.dir.path().join("api-key");
@@ -165,7 +142,10 @@ async fn a_paid_hosting_order_becomes_a_live_site_then_is_suspended_and_terminat
     );
     let mut results = std::collections::BTreeMap::new();
     for (kind, id) in &jobs {
-        results.insert(kind.clone(), wait_job(&app, &admin, id).await);
+        results.insert(
+            kind.clone(),
+            wait_job_status(&app, &admin, id, "SUCCESS").await,
+        );
     }
     assert_eq!(results["PROVISION_HOSTING"]["serverId"], web_id.as_str());
     assert_eq!(results["PROVISION_DNS"]["serverId"], dns_id.as_str());
@@ -304,7 +284,7 @@ async fn a_paid_hosting_order_becomes_a_live_site_then_is_suspended_and_terminat
         )
         .await
         .expect(202);
-    wait_job(&app, &admin, reply["jobId"].as_str().unwrap()).await;
+    wait_job_status(&app, &admin, reply["jobId"].as_str().unwrap(), "SUCCESS").await;
     assert_eq!(
         account(&app, &admin, &account_id).await["status"],
         "SUSPENDED"
@@ -340,7 +320,7 @@ async fn a_paid_hosting_order_becomes_a_live_site_then_is_suspended_and_terminat
         )
         .await
         .expect(202);
-    wait_job(&app, &admin, reply["jobId"].as_str().unwrap()).await;
+    wait_job_status(&app, &admin, reply["jobId"].as_str().unwrap(), "SUCCESS").await;
     assert_eq!(account(&app, &admin, &account_id).await["status"], "ACTIVE");
     web.wait_for("client-site.example", Some(200));
     assert!(web.passwd_line(&user).unwrap().ends_with(":/bin/bash"));
@@ -353,7 +333,7 @@ async fn a_paid_hosting_order_becomes_a_live_site_then_is_suspended_and_terminat
         )
         .await
         .expect(202);
-    let done = wait_job(&app, &admin, reply["jobId"].as_str().unwrap()).await;
+    let done = wait_job_status(&app, &admin, reply["jobId"].as_str().unwrap(), "SUCCESS").await;
     let archive = done["result"]["archive"].as_str().unwrap().to_owned();
     assert!(std::path::Path::new(&archive).exists(), "{done}");
     let listing = Command::new("tar")

@@ -8,7 +8,7 @@ use std::time::Duration;
 use mpanel_tests::{
     TestApp,
     api::{anon, authed, org_with_roles},
-    fleet::{AgentProc, enrollment_token, hub_addr},
+    fleet::{AgentProc, add_server, enrollment_token, hub_addr},
     panel::INTERNAL_KEY,
     pdns::{API_KEY, Pdns},
     wait_for,
@@ -16,17 +16,6 @@ use mpanel_tests::{
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn create_server(app: &TestApp, token: &str, name: &str, role: &str, ip: &str) -> String {
-    let body = json!({ "name": name, "role": role, "ipAddress": ip });
-    authed(app, token)
-        .post("/api/servers", &body)
-        .await
-        .expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
 
 async fn job(app: &TestApp, token: &str, id: &str) -> Value {
     authed(app, token)
@@ -49,8 +38,8 @@ async fn a_paid_dns_order_becomes_a_zone_served_by_powerdns() {
     let admin = acme.super_admin().token().to_owned();
 
     // The fleet: a DNS server with a real agent, and a mail server (no agent needed here).
-    let dns = create_server(&app, &admin, "dns-core", "DNS", "10.1.10.102").await;
-    create_server(&app, &admin, "mail-core", "MAIL", "192.0.2.25").await;
+    let dns = add_server(&app, &admin, "dns-core", "DNS", "10.1.10.102").await;
+    add_server(&app, &admin, "mail-core", "MAIL", "192.0.2.25").await;
     let hub = hub_addr(&app).await;
     let mut agent = AgentProc::enroll(
         &app,

@@ -11,10 +11,10 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use super::actions::queue_job;
 use super::openapi::{Errors, ListParams};
 use crate::{
     app::AppState,
-    audit::{self, Entry},
     auth::permissions::{Require, perm},
     http::{
         client::ClientMeta,
@@ -22,7 +22,7 @@ use crate::{
         extract::{ApiJson, IdPath},
         list::{ListQuery, Page, contains_pattern, fetch_page},
     },
-    jobs::{self, store},
+    jobs,
     model::{HostingStatus, JobType},
 };
 
@@ -259,24 +259,15 @@ async fn create(
         "limits": { "phpVersion": php },
         "requestedBy": user.id,
     });
-    let job = store::insert(
+    let job = queue_job(
         &mut tx,
-        user.tenant_id,
-        None,
+        &state,
+        &user,
+        &client,
         JobType::ProvisionHosting,
         &payload,
-        state.config.jobs.max_attempts,
-    )
-    .await?;
-    audit::record(
-        &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: "hosting.create",
-            client: Some(&client),
-            details: json!({ "jobId": job, "domain": domain, "domainId": domain_id }),
-        },
+        "hosting.create",
+        json!({ "domain": domain, "domainId": domain_id }),
     )
     .await?;
     tx.commit().await?;
@@ -370,29 +361,14 @@ async fn account_job(
         "domainId": account.domain_id,
         "requestedBy": user.id,
     });
-    let job = store::insert(
-        &mut tx,
-        user.tenant_id,
-        None,
-        kind,
-        &payload,
-        state.config.jobs.max_attempts,
-    )
-    .await?;
     let action = match kind {
         JobType::SuspendAccount => "hosting.suspend",
         JobType::UnsuspendAccount => "hosting.unsuspend",
         _ => "hosting.terminate",
     };
-    audit::record(
-        &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action,
-            client: Some(client),
-            details: json!({ "jobId": job, "hostingAccountId": id, "domain": account.domain }),
-        },
+    let details = json!({ "hostingAccountId": id, "domain": account.domain });
+    let job = queue_job(
+        &mut tx, state, user, client, kind, &payload, action, details,
     )
     .await?;
     tx.commit().await?;

@@ -9,16 +9,16 @@ use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use mpanel_protocol::{EmailAddress, mail::QuotaMb};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+use super::actions::queue_job;
 use super::openapi::{Errors, ListParams};
 use crate::{
     app::AppState,
-    audit::{self, Entry},
     auth::{
         current::CurrentUser,
         password::check_strength,
@@ -30,7 +30,7 @@ use crate::{
         extract::{ApiJson, IdPath},
         list::{ListQuery, Page, contains_pattern, fetch_page},
     },
-    jobs::{self, store},
+    jobs,
     model::{JobType, MailStatus},
     provisioning::mail::{generate_password, hash_password},
 };
@@ -243,16 +243,15 @@ async fn create(
         "passwordHash": hash.as_phc(),
         "requestedBy": user.id,
     });
-    let job = insert_job(&mut tx, &state, &user, JobType::ProvisionMail, &payload).await?;
-    audit::record(
+    let job = queue_job(
         &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: "mail.create",
-            client: Some(&client),
-            details: json!({ "mailAccountId": id, "email": body.email, "jobId": job }),
-        },
+        &state,
+        &user,
+        &client,
+        JobType::ProvisionMail,
+        &payload,
+        "mail.create",
+        json!({ "mailAccountId": id, "email": body.email }),
     )
     .await?;
     tx.commit().await?;
@@ -354,16 +353,16 @@ async fn account_job(
         }
     };
     let mut tx = state.db.begin().await?;
-    let job = insert_job(&mut tx, state, user, kind, &payload).await?;
-    audit::record(
+    let details = json!({ "mailAccountId": id, "email": account.email });
+    let job = queue_job(
         &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: audit_action,
-            client: Some(client),
-            details: json!({ "mailAccountId": id, "email": account.email, "jobId": job }),
-        },
+        state,
+        user,
+        client,
+        kind,
+        &payload,
+        audit_action,
+        details,
     )
     .await?;
     tx.commit().await?;
@@ -372,22 +371,4 @@ async fn account_job(
         StatusCode::ACCEPTED,
         Json(MailAccountAccepted::new(job, id, made)),
     ))
-}
-
-async fn insert_job(
-    tx: &mut sqlx::PgConnection,
-    state: &AppState,
-    user: &CurrentUser,
-    kind: JobType,
-    payload: &Value,
-) -> ApiResult<Uuid> {
-    Ok(store::insert(
-        tx,
-        user.tenant_id,
-        None,
-        kind,
-        payload,
-        state.config.jobs.max_attempts,
-    )
-    .await?)
 }

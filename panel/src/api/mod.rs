@@ -2,6 +2,7 @@
 //! `Require<perm::…>` (or is public/internal by design) and scopes its queries to the
 //! caller's tenant.
 
+pub mod actions;
 pub mod audit;
 pub mod auth;
 pub mod backups;

@@ -12,10 +12,10 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use super::actions::queue_job;
 use super::openapi::{Errors, ListParams};
 use crate::{
     app::AppState,
-    audit::{self, Entry},
     auth::{
         current::CurrentUser,
         permissions::{Require, perm},
@@ -26,7 +26,7 @@ use crate::{
         extract::{ApiJson, IdPath},
         list::{ListQuery, Page, fetch_page},
     },
-    jobs::{self, store},
+    jobs,
     model::{JobType, VpsStatus},
 };
 
@@ -340,25 +340,15 @@ async fn queue(
 ) -> ApiResult<Uuid> {
     let payload =
         json!({ "vpsId": id, "serverId": server, "action": what, "requestedBy": user.id });
-    let job = store::insert(
+    queue_job(
         tx,
-        user.tenant_id,
-        None,
+        state,
+        user,
+        client,
         JobType::ProvisionVps,
         &payload,
-        state.config.jobs.max_attempts,
+        &format!("vps.{what}"),
+        json!({ "vpsId": id }),
     )
-    .await?;
-    audit::record(
-        tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: &format!("vps.{what}"),
-            client: Some(client),
-            details: json!({ "vpsId": id, "jobId": job }),
-        },
-    )
-    .await?;
-    Ok(job)
+    .await
 }
