@@ -6,12 +6,12 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     auth::tokens::TokenKeys,
     config::Config,
-    db,
+    db, duties,
     fleet::{Fleet, ca::CertificateAuthority, hub::Hub},
     http, jobs,
     redis::Redis,
@@ -106,6 +106,9 @@ impl Application {
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let server = tokio::spawn(async move { server.await });
         let hub = tokio::spawn(self.hub.run(self.state.clone(), shutdown.clone()));
+        let periodic = TaskTracker::new();
+        duties::spawn(&periodic, &self.state, &shutdown);
+        periodic.close();
         let worker = self.state.config.jobs.run_worker.then(|| {
             let dispatcher = jobs::dispatcher::for_state(&self.state);
             tokio::spawn(
@@ -126,6 +129,9 @@ impl Application {
         if let Some(worker) = worker {
             // The worker bounds its own wait for running jobs by the same timeout.
             let _ = worker.await;
+        }
+        if tokio::time::timeout(grace, periodic.wait()).await.is_err() {
+            tracing::warn!("periodic duties did not stop in time; exiting anyway");
         }
         self.state.db.close().await;
         tracing::info!("stopped");

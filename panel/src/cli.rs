@@ -7,13 +7,13 @@ use std::{io::Read, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     app::{AppState, Application, cancel_on_signals},
     bootstrap::{self, NewAdmin},
     config::Config,
-    db, jobs,
+    db, duties, jobs,
     model::UserRole,
     telemetry,
 };
@@ -110,9 +110,18 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let dispatcher = jobs::dispatcher::for_state(&state);
             let shutdown = CancellationToken::new();
             cancel_on_signals(shutdown.clone());
+            let periodic = TaskTracker::new();
+            duties::spawn(&periodic, &state, &shutdown);
+            periodic.close();
             jobs::worker::Worker::new(state.clone(), dispatcher)
                 .run(shutdown)
                 .await;
+            if tokio::time::timeout(state.config.shutdown_timeout, periodic.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("periodic duties did not stop in time; exiting anyway");
+            }
             state.db.close().await;
             tracing::info!("stopped");
             Ok(())

@@ -20,6 +20,29 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
+/// Sleeps unless shut down first; true when shutting down.
+pub async fn pause(shutdown: &tokio_util::sync::CancellationToken, d: std::time::Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = shutdown.cancelled() => true,
+    }
+}
+
+/// `base × 2^(attempt-1)`, capped, with up to 10% jitter so retries of many jobs (or
+/// e-mails) spread out.
+pub fn backoff(
+    base: std::time::Duration,
+    max: std::time::Duration,
+    attempt: i32,
+) -> std::time::Duration {
+    let exp = u32::try_from(attempt.saturating_sub(1))
+        .unwrap_or(0)
+        .min(20);
+    let delay = base.saturating_mul(1u32 << exp).min(max);
+    let jitter = rand::random_range(0.0..0.1);
+    delay.mul_f64(1.0 + jitter).min(max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -276,7 +276,7 @@ async fn backup_jobs_are_defined_listed_rerun_and_scoped_to_their_tenant() {
     assert_eq!(
         count(
             &pool,
-            "SELECT count(*) FROM jobs WHERE payload->>'backupJobId' = $1",
+            "SELECT count(*) FROM jobs WHERE backup_job_id::text = $1",
             &site_id
         )
         .await,

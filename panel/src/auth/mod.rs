@@ -4,6 +4,7 @@
 pub mod current;
 pub mod password;
 pub mod permissions;
+pub mod routes;
 pub mod session;
 pub mod throttle;
 pub mod tokens;

@@ -9,7 +9,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult};
-use crate::{api::openapi::ErrorBody, app::AppState};
+use crate::{app::AppState, http::openapi::ErrorBody};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -1,13 +1,17 @@
 //! The HTTP API under `/api`: one router per module, merged here, behind the shared layers
 //! (request ids, tracing, the error envelope, body limit, panic catching).
 
+pub mod api;
 pub mod client;
 pub mod error;
 pub mod extract;
 mod health;
 pub mod internal;
+pub mod job_action;
 pub mod list;
+pub mod openapi;
 pub mod patch;
+pub mod validate;
 
 use std::time::Duration;
 
@@ -34,9 +38,9 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.http.max_body_bytes;
     let (api, doc) = utoipa_axum::router::OpenApiRouter::with_openapi(
-        <crate::api::openapi::ApiDoc as utoipa::OpenApi>::openapi(),
+        <crate::http::openapi::ApiDoc as utoipa::OpenApi>::openapi(),
     )
-    .nest("/api", crate::api::router())
+    .nest("/api", crate::http::api::router())
     .routes(utoipa_axum::routes!(health::health))
     .split_for_parts();
     let doc = std::sync::Arc::new(doc);
@@ -50,7 +54,7 @@ pub fn router(state: AppState) -> Router {
                 async move { axum::Json(doc) }
             }),
         )
-        .route("/api/docs", get(crate::api::openapi::reference_page))
+        .route("/api/docs", get(crate::http::openapi::reference_page))
         .fallback(|| async { ApiError::NotFound("route") })
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body))

@@ -1,19 +1,21 @@
 //! The dispatcher turns a claimed job into work on a server. The worker knows nothing of
-//! servers: it hands each job to a `Dispatcher` and records the outcome. The agent fleet
-//! implements the real one; until a panel has it, jobs wait and retry.
+//! servers: it hands each job to a `Dispatcher` and records the outcome. [`Fleet`] runs each
+//! payload's own executor (its `JobKind::run`); [`Simulate`] pretends, for development.
 
 use std::{future::Future, pin::Pin, time::Duration};
 
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::model::JobType;
+use super::payload::JobPayload;
+use crate::app::AppState;
 
+/// A claimed job, its payload decoded.
 pub struct JobToRun {
     pub id: Uuid,
     pub tenant_id: Uuid,
-    pub kind: JobType,
-    pub payload: Value,
+    pub order_id: Option<Uuid>,
+    pub payload: JobPayload,
     pub attempt: i32,
 }
 
@@ -44,18 +46,29 @@ impl Dispatcher for Simulate {
     fn dispatch<'a>(&'a self, job: &'a JobToRun) -> DispatchFuture<'a> {
         Box::pin(async move {
             tokio::time::sleep(self.delay).await;
-            Ok(json!({ "simulated": true, "type": job.kind }))
+            Ok(json!({ "simulated": true, "type": job.payload.job_type() }))
         })
     }
 }
 
+/// `JOB_DISPATCHER=fleet`: each job's executor, which sends its commands to the agents.
+pub struct Fleet {
+    state: AppState,
+}
+
+impl Dispatcher for Fleet {
+    fn dispatch<'a>(&'a self, job: &'a JobToRun) -> DispatchFuture<'a> {
+        Box::pin(job.payload.run(&self.state, job))
+    }
+}
+
 /// The dispatcher the configuration asks for.
-pub fn for_state(state: &crate::app::AppState) -> std::sync::Arc<dyn Dispatcher> {
+pub fn for_state(state: &AppState) -> std::sync::Arc<dyn Dispatcher> {
     let cfg = &state.config.jobs;
     match cfg.dispatcher {
-        crate::config::DispatcherKind::Fleet => {
-            std::sync::Arc::new(crate::provisioning::FleetDispatcher::new(state.clone()))
-        }
+        crate::config::DispatcherKind::Fleet => std::sync::Arc::new(Fleet {
+            state: state.clone(),
+        }),
         crate::config::DispatcherKind::Simulate => std::sync::Arc::new(Simulate {
             delay: cfg.simulate_delay,
         }),

@@ -1,9 +1,14 @@
-//! Provisioning jobs: rows in PostgreSQL (the truth), ids on a Redis stream (the work
-//! signal), workers that run them through a `Dispatcher`, and a sweeper that repairs
-//! whatever the queue lost.
+//! The durable job queue: rows in PostgreSQL (the truth, written only by [`store`]), ids on
+//! a Redis stream (the work signal), workers that claim a job under a renewed lease and run
+//! it through a `Dispatcher`, retries with backoff, and a sweeper that repairs whatever the
+//! queue lost. It knows no resource: each job kind is a payload type with its own executor
+//! and success hook ([`payload::JobKind`]), listed once in `crate::job_kinds`.
 
+pub mod agent;
 pub mod dispatcher;
+pub mod payload;
 pub mod queue;
+pub mod routes;
 pub mod store;
 pub mod sweeper;
 pub mod worker;
@@ -20,13 +25,7 @@ pub async fn enqueue_after_commit(state: &AppState, ids: &[Uuid]) {
     }
     match queue::push(&state.redis, ids).await {
         Ok(()) => {
-            let marked = sqlx::query(
-                "UPDATE jobs SET enqueued_at = now() WHERE id = ANY($1) AND status = 'PENDING'",
-            )
-            .bind(ids)
-            .execute(&state.db)
-            .await;
-            if let Err(e) = marked {
+            if let Err(e) = store::mark_enqueued(&state.db, ids).await {
                 tracing::warn!(error = %e, "jobs pushed but not marked enqueued; the sweeper may push them again");
             }
         }

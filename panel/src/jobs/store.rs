@@ -1,5 +1,7 @@
-//! Job rows in PostgreSQL are the truth: every state change happens here, guarded so that
-//! only the worker holding a job's lease can finish it, and every change writes a JobLog row.
+//! Job rows in PostgreSQL are the truth, and this is the only module that writes them: every
+//! state change happens here, guarded so that only the worker holding a job's lease can
+//! finish it, and every change writes a JobLog row. What a success means for the resources
+//! is the payload's own hook (`JobKind::on_success`), run in the same transaction.
 
 use std::time::Duration;
 
@@ -7,12 +9,12 @@ use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use super::{dispatcher::JobToRun, payload::JobPayload};
 use crate::{
+    app::AppState,
     audit::{self, Entry},
-    config::Config,
     model::{JobStatus, JobType},
     notify,
-    secrets::Sealer,
 };
 
 pub async fn log(
@@ -39,25 +41,36 @@ pub async fn log(
     Ok(())
 }
 
-/// Creates a PENDING job (not yet on the queue: enqueue it after the commit).
+/// Creates a PENDING job (not yet on the queue: enqueue it after the commit). Its type and
+/// its typed reference columns come from the payload.
 pub async fn insert(
     conn: &mut PgConnection,
     tenant_id: Uuid,
     order_id: Option<Uuid>,
-    kind: JobType,
-    payload: &Value,
+    payload: &JobPayload,
     max_attempts: i32,
 ) -> sqlx::Result<Uuid> {
+    let refs = payload.refs();
     // clock_timestamp keeps creation order visible among jobs of one transaction.
     let id: Uuid = sqlx::query_scalar(
-        "INSERT INTO jobs (tenant_id, order_id, type, payload, max_attempts, created_at)
-         VALUES ($1, $2, $3, $4, $5, clock_timestamp()) RETURNING id",
+        "INSERT INTO jobs (tenant_id, order_id, type, payload, max_attempts, created_at,
+                           domain_id, subscription_id, hosting_account_id, mail_account_id,
+                           dns_zone_id, backup_job_id, vps_id)
+         VALUES ($1, $2, $3, $4, $5, clock_timestamp(), $6, $7, $8, $9, $10, $11, $12)
+         RETURNING id",
     )
     .bind(tenant_id)
     .bind(order_id)
-    .bind(kind)
-    .bind(payload)
+    .bind(payload.job_type())
+    .bind(payload.to_stored())
     .bind(max_attempts)
+    .bind(refs.domain_id)
+    .bind(refs.subscription_id)
+    .bind(refs.hosting_account_id)
+    .bind(refs.mail_account_id)
+    .bind(refs.dns_zone_id)
+    .bind(refs.backup_job_id)
+    .bind(refs.vps_id)
     .fetch_one(&mut *conn)
     .await?;
     log(
@@ -78,6 +91,7 @@ pub async fn insert(
 pub struct ClaimedJob {
     pub id: Uuid,
     pub tenant_id: Uuid,
+    pub order_id: Option<Uuid>,
     #[sqlx(rename = "type")]
     pub kind: JobType,
     pub payload: Value,
@@ -106,7 +120,7 @@ pub async fn claim(
           WHERE j.id = prev.id
             AND ((prev.status = 'PENDING' AND j.run_at <= now())
               OR (prev.status = 'RUNNING' AND j.locked_until < now()))
-      RETURNING j.id, j.tenant_id, j.type, j.payload, j.attempts, j.max_attempts,
+      RETURNING j.id, j.tenant_id, j.order_id, j.type, j.payload, j.attempts, j.max_attempts,
                 prev.status AS previous",
     )
     .bind(job_id)
@@ -154,17 +168,15 @@ pub async fn extend_lease(
     Ok(done.rows_affected() == 1)
 }
 
-/// Records success; the order's last job to succeed also makes its domain ACTIVE and queues
-/// the customer's welcome e-mail (`sealer` and `config` are for that e-mail).
+/// Records success and runs the payload's success hook in the same transaction.
 pub async fn succeed(
-    db: &PgPool,
-    sealer: &Sealer,
-    config: &Config,
+    state: &AppState,
     job: &ClaimedJob,
+    run: &JobToRun,
     worker: &str,
     result: Value,
 ) -> sqlx::Result<bool> {
-    let mut tx = db.begin().await?;
+    let mut tx = state.db.begin().await?;
     let done = sqlx::query(
         "UPDATE jobs SET status = 'SUCCESS', finished_at = now(), result = $3,
                 locked_by = NULL, locked_until = NULL
@@ -188,39 +200,7 @@ pub async fn succeed(
         Some(result),
     )
     .await?;
-    // Jobs of one order finishing at once would each still see the others RUNNING
-    // (uncommitted), and none would find the order complete: the order's row lock makes them
-    // look one after the other.
-    let order_id: Option<Uuid> = sqlx::query_scalar(
-        "SELECT o.id FROM orders o JOIN jobs j ON j.order_id = o.id WHERE j.id = $1 FOR UPDATE OF o",
-    )
-    .bind(job.id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    // The order's domain is live once every job of the order has succeeded.
-    sqlx::query(
-        "UPDATE domains d SET status = 'ACTIVE'
-           FROM jobs j
-          WHERE j.id = $1 AND d.id = (j.payload->>'domainId')::uuid AND d.status = 'PENDING_SETUP'
-            AND j.order_id IS NOT NULL
-            AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.order_id = j.order_id AND o.status <> 'SUCCESS')",
-    )
-    .bind(job.id)
-    .execute(&mut *tx)
-    .await?;
-    // ... and its customer hears of it (once per order: queue_welcome deduplicates), also when
-    // the order reused a domain that was already live.
-    if let Some(order_id) = order_id {
-        let complete: bool = sqlx::query_scalar(
-            "SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE order_id = $1 AND status <> 'SUCCESS')",
-        )
-        .bind(order_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if complete {
-            notify::queue_welcome(&mut tx, sealer, config, order_id).await?;
-        }
-    }
+    run.payload.on_success(&mut tx, state, run).await?;
     audit::record(
         &mut tx,
         Entry {
@@ -245,15 +225,13 @@ pub enum Failure {
 /// Records a failed attempt: another attempt after `retry_in` when allowed, else FAILED
 /// with the error kept in `lastError` and the tenant's admins told by e-mail.
 pub async fn fail(
-    db: &PgPool,
-    sealer: &Sealer,
-    config: &Config,
+    state: &AppState,
     job: &ClaimedJob,
     worker: &str,
     error: &str,
     retry_in: Option<Duration>,
 ) -> sqlx::Result<Option<Failure>> {
-    let mut tx = db.begin().await?;
+    let mut tx = state.db.begin().await?;
     let retry_in = retry_in.filter(|_| job.attempts < job.max_attempts);
     let done = match retry_in {
         Some(delay) => sqlx::query(
@@ -327,8 +305,8 @@ pub async fn fail(
             let kind = json!(job.kind);
             notify::queue_job_failed(
                 &mut tx,
-                sealer,
-                config,
+                &state.sealer,
+                &state.config,
                 job.tenant_id,
                 job.id,
                 kind.as_str().unwrap_or("job"),
@@ -343,15 +321,123 @@ pub async fn fail(
     Ok(Some(outcome))
 }
 
-/// `base × 2^(attempt-1)`, capped, with up to 10% jitter so retries of many jobs spread out.
-pub fn backoff(base: Duration, max: Duration, attempt: i32) -> Duration {
-    let exp = u32::try_from(attempt.saturating_sub(1))
-        .unwrap_or(0)
-        .min(20);
-    let delay = base.saturating_mul(1u32 << exp).min(max);
-    let jitter = rand::random_range(0.0..0.1);
-    delay.mul_f64(1.0 + jitter).min(max)
+/// Records which server a job runs on (shown on the job).
+pub async fn set_server(db: &PgPool, job: Uuid, server: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET server_id = $2 WHERE id = $1")
+        .bind(job)
+        .bind(server)
+        .execute(db)
+        .await?;
+    Ok(())
 }
+
+/// Marks freshly pushed jobs as enqueued (the sweeper pushes those left unmarked).
+pub async fn mark_enqueued(db: impl sqlx::PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET enqueued_at = now() WHERE id = ANY($1) AND status = 'PENDING'")
+        .bind(ids)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// A FAILED job gets a fresh set of attempts, now; false when it is not FAILED (any more).
+pub async fn retry_failed(
+    conn: &mut PgConnection,
+    job: Uuid,
+    tenant_id: Uuid,
+    user_id: Uuid,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE jobs SET status = 'PENDING', attempts = 0, run_at = now(), enqueued_at = NULL,
+                finished_at = NULL WHERE id = $1 AND tenant_id = $2 AND status = 'FAILED'",
+    )
+    .bind(job)
+    .bind(tenant_id)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    log(
+        conn,
+        job,
+        tenant_id,
+        Some(JobStatus::Failed),
+        JobStatus::Pending,
+        "retried by an operator",
+        Some(json!({ "userId": user_id })),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Jobs whose worker's lease ran out go back to PENDING (at most `batch` at a time); the
+/// number recovered.
+pub async fn recover_expired(db: &PgPool, batch: i64) -> sqlx::Result<usize> {
+    let mut tx = db.begin().await?;
+    let lost: Vec<(Uuid, Uuid, Option<String>)> = sqlx::query_as(
+        "UPDATE jobs SET status = 'PENDING', locked_until = NULL, enqueued_at = NULL, run_at = now()
+          WHERE id IN (SELECT id FROM jobs WHERE status = 'RUNNING' AND locked_until < now()
+                        ORDER BY locked_until LIMIT $1 FOR UPDATE SKIP LOCKED)
+      RETURNING id, tenant_id, locked_by",
+    )
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, tenant_id, locked_by) in &lost {
+        log(
+            &mut tx,
+            *id,
+            *tenant_id,
+            Some(JobStatus::Running),
+            JobStatus::Pending,
+            "worker lost (lease expired); queued again",
+            Some(json!({ "worker": locked_by })),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(lost.len())
+}
+
+/// Due PENDING jobs never pushed (or pushed longer than `repush_after` ago and not taken)
+/// go to `push`, under their row locks: if `push` fails, nothing is marked and they stay for
+/// the next sweep. The number pushed.
+pub async fn push_due<F, Fut, E>(
+    db: &PgPool,
+    repush_after: Duration,
+    batch: i64,
+    push: F,
+) -> anyhow::Result<usize>
+where
+    F: FnOnce(Vec<Uuid>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut tx = db.begin().await?;
+    let due: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM jobs
+          WHERE status = 'PENDING' AND run_at <= now()
+            AND (enqueued_at IS NULL OR enqueued_at < now() - make_interval(secs => $1))
+          ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(repush_after.as_secs_f64())
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    push(due.clone()).await?;
+    sqlx::query("UPDATE jobs SET enqueued_at = now() WHERE id = ANY($1)")
+        .bind(&due)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(due.len())
+}
+
+pub use crate::util::backoff;
 
 #[cfg(test)]
 mod tests {

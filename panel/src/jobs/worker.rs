@@ -10,11 +10,11 @@ use tracing::Instrument;
 
 use super::{
     dispatcher::{DispatchError, Dispatcher, JobToRun},
+    payload::JobPayload,
     queue::{self, Delivery},
     store::{self, Failure},
-    sweeper,
 };
-use crate::{app::AppState, notify};
+use crate::{app::AppState, util::pause};
 
 /// How long one read waits on the stream before looking around again.
 const READ_BLOCK: Duration = Duration::from_secs(2);
@@ -50,8 +50,6 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         let cfg = self.state.config.jobs.clone();
         let tracker = TaskTracker::new();
-        tracker.spawn(sweeper::run(self.state.clone(), shutdown.clone()));
-        tracker.spawn(notify::run_outbox(self.state.clone(), shutdown.clone()));
         let permits = Arc::new(Semaphore::new(cfg.concurrency));
         let this = Arc::new(self);
         tracing::info!(worker = %this.id, concurrency = cfg.concurrency, "worker started");
@@ -132,33 +130,33 @@ impl Worker {
 
     async fn run_job(&self, job_id: uuid::Uuid, message_id: &str) -> anyhow::Result<()> {
         let cfg = &self.state.config.jobs;
-        let db = &self.state.db;
-        let Some(job) = store::claim(db, job_id, &self.id, cfg.lease).await? else {
+        let state = &self.state;
+        let Some(job) = store::claim(&state.db, job_id, &self.id, cfg.lease).await? else {
             tracing::debug!("not ours to run (done, not due, or held by a live worker)");
             return Ok(());
         };
         if job.attempts > job.max_attempts {
             // Its workers kept dying mid-job: stop feeding it to new ones.
-            store::fail(
-                db,
-                &self.state.sealer,
-                &self.state.config,
-                &job,
-                &self.id,
-                "gave up: workers were lost while running this job",
-                None,
-            )
-            .await?;
+            let error = "gave up: workers were lost while running this job";
+            store::fail(state, &job, &self.id, error, None).await?;
             return Ok(());
         }
-        tracing::info!(kind = ?job.kind, attempt = job.attempts, "job started");
+        let payload = match JobPayload::from_stored(job.kind, job.payload.clone()) {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::error!(error = %e, "job payload is not valid; failing it");
+                store::fail(state, &job, &self.id, &e.to_string(), None).await?;
+                return Ok(());
+            }
+        };
+        tracing::info!(kind = payload.kind(), attempt = job.attempts, "job started");
 
         let keeper = self.keep_lease(job.id, message_id.to_owned());
         let to_run = JobToRun {
             id: job.id,
             tenant_id: job.tenant_id,
-            kind: job.kind,
-            payload: job.payload.clone(),
+            order_id: job.order_id,
+            payload,
             attempt: job.attempts,
         };
         let outcome = self.dispatcher.dispatch(&to_run).await;
@@ -166,17 +164,8 @@ impl Worker {
 
         match outcome {
             Ok(result) => {
-                if store::succeed(
-                    db,
-                    &self.state.sealer,
-                    &self.state.config,
-                    &job,
-                    &self.id,
-                    result,
-                )
-                .await?
-                {
-                    tracing::info!(kind = ?job.kind, "job succeeded");
+                if store::succeed(state, &job, &to_run, &self.id, result).await? {
+                    tracing::info!(kind = to_run.payload.kind(), "job succeeded");
                 } else {
                     tracing::warn!("job finished after its lease was lost; result discarded");
                 }
@@ -188,17 +177,7 @@ impl Worker {
                     }
                     DispatchError::Permanent(_) => None,
                 };
-                match store::fail(
-                    db,
-                    &self.state.sealer,
-                    &self.state.config,
-                    &job,
-                    &self.id,
-                    &err.to_string(),
-                    retry_in,
-                )
-                .await?
-                {
+                match store::fail(state, &job, &self.id, &err.to_string(), retry_in).await? {
                     Some(Failure::Retrying(d)) => {
                         tracing::warn!(error = %err, retry_in_secs = d.as_secs_f64(), "job attempt failed")
                     }
@@ -236,13 +215,5 @@ impl Worker {
             }
         });
         stop
-    }
-}
-
-/// Sleeps unless shut down first; true when shutting down.
-pub(crate) async fn pause(shutdown: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => false,
-        _ = shutdown.cancelled() => true,
     }
 }

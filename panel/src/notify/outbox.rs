@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::mailer::{Delivery, Email, MailError, Mailer};
 use crate::{
     app::AppState,
-    jobs::{store::backoff, worker::pause},
+    util::{backoff, pause},
 };
 
 /// How often the outbox is polled when idle.

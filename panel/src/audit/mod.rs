@@ -1,0 +1,44 @@
+//! The AuditLog (spec §10): who did what, from where. Written in the same transaction as the
+//! change it records, so a change and its audit row commit or roll back together. The same
+//! fact goes to the JSON log.
+
+pub mod routes;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::http::client::ClientMeta;
+
+pub struct Entry<'a> {
+    pub tenant_id: Uuid,
+    pub user_id: Option<Uuid>,
+    pub action: &'a str,
+    pub client: Option<&'a ClientMeta>,
+    pub details: Value,
+}
+
+pub async fn record(conn: &mut sqlx::PgConnection, entry: Entry<'_>) -> sqlx::Result<()> {
+    let ip = entry.client.and_then(ClientMeta::ip_string);
+    let ua = entry.client.and_then(|c| c.user_agent.clone());
+    tracing::info!(
+        audit = entry.action,
+        tenant_id = %entry.tenant_id,
+        user_id = ?entry.user_id,
+        ip = ?ip,
+        details = %entry.details,
+        "audit"
+    );
+    sqlx::query(
+        "INSERT INTO audit_logs (tenant_id, user_id, action, ip_address, user_agent, details)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(entry.tenant_id)
+    .bind(entry.user_id)
+    .bind(entry.action)
+    .bind(ip)
+    .bind(ua)
+    .bind(entry.details)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! Rules for free-text fields at the edge, each written once: a bad value is a 400 naming
+//! the field, and nothing past the edge sees it.
+
+use mpanel_protocol::messages::Label;
+
+use super::error::ApiError;
+
+/// A name shown to people (a tenant, a plan, an operator, a location): trimmed, 1 to `MAX`
+/// characters, no control characters (so it cannot add a line to a log or an e-mail).
+pub fn name<const MAX: usize>(field: &str, value: &str) -> Result<String, ApiError> {
+    Label::<MAX>::parse(value.trim())
+        .map(Label::into_string)
+        .map_err(|_| ApiError::field(field, format!("1-{MAX} characters, no control characters")))
+}
+
+/// Maps a unique (or other) constraint violation of the given constraints to `error`; every
+/// other database error stays an internal one.
+pub trait OnConstraint<T> {
+    fn on_constraint(self, names: &[&str], error: impl FnOnce() -> ApiError)
+    -> Result<T, ApiError>;
+}
+
+impl<T> OnConstraint<T> for Result<T, sqlx::Error> {
+    fn on_constraint(
+        self,
+        names: &[&str],
+        error: impl FnOnce() -> ApiError,
+    ) -> Result<T, ApiError> {
+        self.map_err(|e| {
+            let hit = e
+                .as_database_error()
+                .and_then(|d| d.constraint())
+                .is_some_and(|c| names.contains(&c));
+            if hit { error() } else { e.into() }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_trimmed_bounded_and_single_line() {
+        assert_eq!(name::<5>("n", "  abc ").unwrap(), "abc");
+        for bad in ["", "   ", "abcdef", "a\nb", "a\u{0}b"] {
+            let err = name::<5>("n", bad).unwrap_err();
+            assert_eq!(err.to_string(), "n: 1-5 characters, no control characters");
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! What job executors share to reach the fleet: a typed command sent to a server's agent
+//! (through `fleet::dispatch`), its outcome turned into a job result or a retryable /
+//! permanent failure, and the choice of a tenant's server for a role.
+//!
+//! Commands reach an agent only through the process whose fleet hub holds its connection:
+//! a standalone `mpanel worker` has no hub, so fleet jobs it takes fail retryably ("agent
+//! offline") and are retried — possibly by the panel's own worker. Routing commands between
+//! processes is the multi-replica design note in `fleet::dispatch`.
+
+use std::time::Duration;
+
+use mpanel_protocol::messages::{AgentCommand, Command, Outcome};
+use uuid::Uuid;
+
+use super::dispatcher::DispatchError;
+use crate::{app::AppState, fleet::dispatch::DispatchError as FleetError};
+
+/// How long one command may wait for its agent (to connect, and to answer).
+const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Sends `command` to `server`'s agent and returns its typed output; transport problems and
+/// the agent's own errors become retryable or permanent job failures.
+pub async fn run_on<C>(
+    state: &AppState,
+    server: Uuid,
+    command: C,
+) -> Result<C::Output, DispatchError>
+where
+    C: AgentCommand,
+    Command: From<C>,
+{
+    run_on_within(state, server, command, COMMAND_DEADLINE).await
+}
+
+/// [`run_on`] with its own deadline (backups run for hours, not seconds).
+pub async fn run_on_within<C>(
+    state: &AppState,
+    server: Uuid,
+    command: C,
+    deadline: Duration,
+) -> Result<C::Output, DispatchError>
+where
+    C: AgentCommand,
+    Command: From<C>,
+{
+    let outcome = state
+        .fleet
+        .send(server, command, deadline)
+        .await
+        .map_err(|e| match e {
+            FleetError::Offline => DispatchError::Retryable("the server's agent is offline".into()),
+            other => DispatchError::Retryable(other.to_string()),
+        })?;
+    match &outcome {
+        Outcome::Error {
+            code,
+            message,
+            retryable,
+        } => {
+            let text = format!("{}: {}", code.as_str(), message.as_str());
+            Err(if *retryable {
+                DispatchError::Retryable(text)
+            } else {
+                DispatchError::Permanent(text)
+            })
+        }
+        Outcome::Ok { .. } => outcome
+            .output::<C>()
+            .expect("an ok outcome has an output")
+            .map_err(|e| {
+                DispatchError::Permanent(format!("the agent's answer did not parse: {e}"))
+            }),
+    }
+}
+
+/// The first active server of `role` in the tenant, preferring one whose agent is online.
+pub async fn pick_server(
+    state: &AppState,
+    tenant: Uuid,
+    role: &str,
+) -> Result<Option<(Uuid, String)>, DispatchError> {
+    sqlx::query_as(
+        "SELECT id, ip_address FROM servers
+          WHERE tenant_id = $1 AND role = $2::server_role AND is_active AND deleted_at IS NULL
+          ORDER BY agent_online DESC, created_at, id LIMIT 1",
+    )
+    .bind(tenant)
+    .bind(role)
+    .fetch_optional(&state.db)
+    .await
+    .map_err(db_error)
+}
+
+pub fn db_error(e: sqlx::Error) -> DispatchError {
+    DispatchError::Retryable(format!("database: {e}"))
+}
+
+/// Records which server a job runs on (shown on the job).
+pub async fn set_job_server(
+    state: &AppState,
+    job: Uuid,
+    server: Uuid,
+) -> Result<(), DispatchError> {
+    super::store::set_server(&state.db, job, server)
+        .await
+        .map_err(db_error)
+}

@@ -1,0 +1,149 @@
+//! Typed job payloads: one struct per job kind, each implementing [`JobKind`], gathered into
+//! the [`JobPayload`] enum by [`job_kinds!`] (the list lives in `crate::job_kinds`).
+//!
+//! Invariants:
+//! - A job's spec type (`jobs.type`) is derived from its payload, never chosen beside it, so
+//!   the two cannot disagree; a stored row whose payload does not decode to its type fails
+//!   permanently instead of running.
+//! - The payload is stored in `jobs.payload` as the struct's JSON plus a `kind` tag. What SQL
+//!   must find (the domain, account, zone … a job is about) is copied into typed columns by
+//!   [`JobRefs`] at insert; no SQL or Rust reads a payload by string key.
+
+use std::future::Future;
+
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::dispatcher::{DispatchError, JobToRun};
+use crate::{app::AppState, model::JobType};
+
+/// The rows a job is about: the typed, indexed columns of `jobs` that queries filter on.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JobRefs {
+    pub domain_id: Option<Uuid>,
+    pub subscription_id: Option<Uuid>,
+    pub hosting_account_id: Option<Uuid>,
+    pub mail_account_id: Option<Uuid>,
+    pub dns_zone_id: Option<Uuid>,
+    pub backup_job_id: Option<Uuid>,
+    pub vps_id: Option<Uuid>,
+}
+
+/// One kind of job: its payload, the spec type it is stored under, and its executor.
+pub trait JobKind:
+    Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static
+{
+    /// The spec's `JobType` (several kinds may share one, e.g. a site's and a mailbox's
+    /// suspension are both SUSPEND_ACCOUNT).
+    const TYPE: JobType;
+
+    /// The rows this job is about.
+    fn refs(&self) -> JobRefs;
+
+    /// Does the work (normally: commands to agents) and returns the job's `result`.
+    fn run(
+        &self,
+        state: &AppState,
+        job: &JobToRun,
+    ) -> impl Future<Output = Result<Value, DispatchError>> + Send;
+
+    /// Bookkeeping inside the transaction that records the job's success (whatever ran it,
+    /// the fleet or the simulate dispatcher).
+    fn on_success(
+        &self,
+        _tx: &mut PgConnection,
+        _state: &AppState,
+        _job: &JobToRun,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// Builds [`JobPayload`] from `Variant(Type) = "tag"` lines: the serde-tagged enum, its
+/// dispatch to each kind's executor and hook, and `From<Type>` for each.
+macro_rules! job_kinds {
+    ($($variant:ident($ty:ty) = $tag:literal,)+) => {
+        /// Every job kind's payload, stored in `jobs.payload` with its `kind` tag.
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+        #[serde(tag = "kind")]
+        pub enum JobPayload {
+            $(#[serde(rename = $tag)] $variant($ty),)+
+        }
+
+        impl JobPayload {
+            /// Every kind's tag, in declaration order.
+            pub const KINDS: &[&str] = &[$($tag),+];
+
+            pub fn job_type(&self) -> $crate::model::JobType {
+                use $crate::jobs::payload::JobKind;
+                match self { $(Self::$variant(_) => <$ty as JobKind>::TYPE,)+ }
+            }
+
+            pub fn kind(&self) -> &'static str {
+                match self { $(Self::$variant(_) => $tag,)+ }
+            }
+
+            pub fn refs(&self) -> $crate::jobs::payload::JobRefs {
+                use $crate::jobs::payload::JobKind;
+                match self { $(Self::$variant(p) => p.refs(),)+ }
+            }
+
+            pub async fn run(
+                &self,
+                state: &$crate::app::AppState,
+                job: &$crate::jobs::dispatcher::JobToRun,
+            ) -> Result<serde_json::Value, $crate::jobs::dispatcher::DispatchError> {
+                use $crate::jobs::payload::JobKind;
+                match self { $(Self::$variant(p) => p.run(state, job).await,)+ }
+            }
+
+            pub async fn on_success(
+                &self,
+                tx: &mut sqlx::PgConnection,
+                state: &$crate::app::AppState,
+                job: &$crate::jobs::dispatcher::JobToRun,
+            ) -> sqlx::Result<()> {
+                use $crate::jobs::payload::JobKind;
+                match self { $(Self::$variant(p) => p.on_success(tx, state, job).await,)+ }
+            }
+        }
+
+        $(impl From<$ty> for JobPayload {
+            fn from(p: $ty) -> Self { Self::$variant(p) }
+        })+
+    };
+}
+pub(crate) use job_kinds;
+
+pub use crate::job_kinds::JobPayload;
+
+/// A stored payload that does not match its row (hand-edited, or from a build that knew
+/// another kind).
+#[derive(Debug, thiserror::Error)]
+pub enum StoredPayloadError {
+    #[error("the job's payload does not parse: {0}")]
+    Parse(#[from] serde_json::Error),
+    #[error("the job's payload is a {kind} job, but the job's type is {stored:?}")]
+    TypeMismatch { kind: &'static str, stored: JobType },
+}
+
+impl JobPayload {
+    /// The payload of a stored row, checked against the row's type.
+    pub fn from_stored(stored: JobType, payload: Value) -> Result<JobPayload, StoredPayloadError> {
+        let payload: JobPayload = serde_json::from_value(payload)?;
+        if payload.job_type() != stored {
+            return Err(StoredPayloadError::TypeMismatch {
+                kind: payload.kind(),
+                stored,
+            });
+        }
+        Ok(payload)
+    }
+
+    /// The JSON stored in `jobs.payload`.
+    pub fn to_stored(&self) -> Value {
+        serde_json::to_value(self).expect("job payloads always serialize")
+    }
+}

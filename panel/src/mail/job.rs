@@ -1,0 +1,450 @@
+//! PROVISION_MAIL: the order's first mailbox (`info@<domain>`) on the tenant's MAIL server.
+//!
+//! The panel generates the password, sends the mail server only its argon2id hash
+//! (m = 64 MiB, t = 3, p = 1, what Dovecot verifies), records the MailAccount, and hands the
+//! password sealed to the notifications outbox, which puts it in the customer's welcome
+//! e-mail once the whole order is provisioned. The clear password is never stored.
+//!
+//! A job run again after its mailbox is ACTIVE changes nothing: a new password would lock
+//! the customer out of the one they were sent.
+
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
+use mpanel_protocol::{
+    DomainName, EmailAddress,
+    mail::{CreateMailbox, PasswordHash, QuotaMb, SetMailboxEnabled, SetMailboxPassword},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::jobs::agent::{db_error, pick_server, run_on, set_job_server};
+use crate::{
+    app::AppState,
+    jobs::{
+        dispatcher::{DispatchError, JobToRun},
+        payload::{JobKind, JobRefs},
+    },
+    model::{JobType, MailStatus},
+    orders::jobs::OrderJob,
+};
+
+/// The local part of the mailbox every mail-enabled order starts with.
+pub const FIRST_MAILBOX: &str = "info";
+/// Length of generated mailbox passwords (letters and digits: about 119 bits).
+const PASSWORD_LEN: usize = 20;
+
+fn permanent(message: impl Into<String>) -> DispatchError {
+    DispatchError::Permanent(message.into())
+}
+
+/// PROVISION_MAIL for a paid order: the order's first mailbox, its password sealed for the
+/// welcome e-mail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ProvisionOrderMailbox(pub OrderJob);
+
+impl JobKind for ProvisionOrderMailbox {
+    const TYPE: JobType = JobType::ProvisionMail;
+
+    fn refs(&self) -> JobRefs {
+        self.0.refs()
+    }
+
+    async fn run(&self, state: &AppState, job: &JobToRun) -> Result<Value, DispatchError> {
+        let (domain, domain_id) = self.0.domain()?;
+        provision_first(state, job, domain, domain_id, self.0.order_id).await
+    }
+
+    async fn on_success(
+        &self,
+        tx: &mut PgConnection,
+        state: &AppState,
+        _job: &JobToRun,
+    ) -> sqlx::Result<()> {
+        self.0.succeeded(tx, state).await
+    }
+}
+
+/// A mailbox with the hash of a password the API made or was given (the clear password
+/// went back to the operator once).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxPassword {
+    pub mail_account_id: Uuid,
+    pub email: EmailAddress,
+    pub domain_id: Uuid,
+    pub password_hash: PasswordHash,
+    pub requested_by: Uuid,
+}
+
+impl MailboxPassword {
+    fn refs(&self) -> JobRefs {
+        JobRefs {
+            domain_id: Some(self.domain_id),
+            mail_account_id: Some(self.mail_account_id),
+            ..JobRefs::default()
+        }
+    }
+}
+
+/// PROVISION_MAIL asked for by an operator (`POST /api/mail/accounts`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CreateMailAccount(pub MailboxPassword);
+
+impl JobKind for CreateMailAccount {
+    const TYPE: JobType = JobType::ProvisionMail;
+
+    fn refs(&self) -> JobRefs {
+        self.0.refs()
+    }
+
+    async fn run(&self, state: &AppState, job: &JobToRun) -> Result<Value, DispatchError> {
+        provision_account(state, job, &self.0, false).await
+    }
+}
+
+/// PROVISION_MAIL for a new password (`POST /api/mail/accounts/{id}/reset-password`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ResetMailPassword(pub MailboxPassword);
+
+impl JobKind for ResetMailPassword {
+    const TYPE: JobType = JobType::ProvisionMail;
+
+    fn refs(&self) -> JobRefs {
+        self.0.refs()
+    }
+
+    async fn run(&self, state: &AppState, job: &JobToRun) -> Result<Value, DispatchError> {
+        provision_account(state, job, &self.0, true).await
+    }
+}
+
+/// The mailbox a disable or enable is about.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxRef {
+    pub mail_account_id: Uuid,
+    pub email: EmailAddress,
+    pub domain_id: Uuid,
+    pub requested_by: Uuid,
+}
+
+impl MailboxRef {
+    fn refs(&self) -> JobRefs {
+        JobRefs {
+            domain_id: Some(self.domain_id),
+            mail_account_id: Some(self.mail_account_id),
+            ..JobRefs::default()
+        }
+    }
+}
+
+/// SUSPEND_ACCOUNT of a mailbox: it refuses logins (mail is still delivered).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DisableMailbox(pub MailboxRef);
+
+impl JobKind for DisableMailbox {
+    const TYPE: JobType = JobType::SuspendAccount;
+
+    fn refs(&self) -> JobRefs {
+        self.0.refs()
+    }
+
+    async fn run(&self, state: &AppState, job: &JobToRun) -> Result<Value, DispatchError> {
+        set_enabled(state, job, self.0.mail_account_id, false).await
+    }
+}
+
+/// UNSUSPEND_ACCOUNT of a mailbox: it accepts logins again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EnableMailbox(pub MailboxRef);
+
+impl JobKind for EnableMailbox {
+    const TYPE: JobType = JobType::UnsuspendAccount;
+
+    fn refs(&self) -> JobRefs {
+        self.0.refs()
+    }
+
+    async fn run(&self, state: &AppState, job: &JobToRun) -> Result<Value, DispatchError> {
+        set_enabled(state, job, self.0.mail_account_id, true).await
+    }
+}
+
+async fn provision_first(
+    state: &AppState,
+    job: &JobToRun,
+    domain: &DomainName,
+    domain_id: Uuid,
+    order_id: Uuid,
+) -> Result<Value, DispatchError> {
+    let address = EmailAddress::parse(&format!("{FIRST_MAILBOX}@{domain}"))
+        .map_err(|e| permanent(format!("the mailbox address: {e}")))?;
+
+    // The row first: an address another tenant or domain holds stops here.
+    let row: Option<(Uuid, Uuid, Uuid, MailStatus)> = sqlx::query_as(
+        "WITH inserted AS (
+            INSERT INTO mail_accounts (tenant_id, domain_id, email, status)
+            VALUES ($1, $2, $3, 'PENDING')
+            ON CONFLICT (email) DO NOTHING
+            RETURNING id, tenant_id, domain_id, status)
+         SELECT id, tenant_id, domain_id, status FROM inserted
+         UNION ALL
+         SELECT id, tenant_id, domain_id, status FROM mail_accounts WHERE email = $3
+         LIMIT 1",
+    )
+    .bind(job.tenant_id)
+    .bind(domain_id)
+    .bind(address.as_str())
+    .fetch_optional(&state.db)
+    .await
+    .map_err(db_error)?;
+    let Some((account_id, tenant, owner_domain, status)) = row else {
+        return Err(DispatchError::Retryable(
+            "the mail account row could not be written".into(),
+        ));
+    };
+    if tenant != job.tenant_id || owner_domain != domain_id {
+        return Err(permanent(format!(
+            "the address {address} belongs to another domain"
+        )));
+    }
+    if status == MailStatus::Active {
+        return Ok(
+            json!({ "mailAccountId": account_id, "email": address, "alreadyProvisioned": true }),
+        );
+    }
+
+    let Some((server, _)) = pick_server(state, job.tenant_id, "MAIL").await? else {
+        return Err(DispatchError::Retryable(
+            "this tenant has no active MAIL server".into(),
+        ));
+    };
+    let password = generate_password();
+    let hash = hash_password(password.clone()).await?;
+    set_job_server(state, job.id, server).await?;
+    let output = run_on(
+        state,
+        server,
+        CreateMailbox {
+            address: address.clone(),
+            password_hash: hash,
+            quota_mb: None,
+        },
+    )
+    .await?;
+
+    let mut tx = state.db.begin().await.map_err(db_error)?;
+    sqlx::query("UPDATE mail_accounts SET status = 'ACTIVE', mailbox = $2 WHERE id = $1")
+        .bind(account_id)
+        .bind(&output.maildir)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    crate::notify::stash_credential(
+        &mut tx,
+        &state.sealer,
+        job.tenant_id,
+        order_id,
+        "MAILBOX",
+        address.as_str(),
+        &password,
+    )
+    .await
+    .map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(json!({
+        "serverId": server,
+        "mailAccountId": account_id,
+        "email": address,
+        "mailbox": output.maildir,
+        "changed": output.changed,
+    }))
+}
+
+/// A mailbox an operator asked for, or a password reset.
+async fn provision_account(
+    state: &AppState,
+    job: &JobToRun,
+    request: &MailboxPassword,
+    reset: bool,
+) -> Result<Value, DispatchError> {
+    let account = load_account(state, job, request.mail_account_id).await?;
+    let hash = request.password_hash.clone();
+    let Some((server, _)) = pick_server(state, job.tenant_id, "MAIL").await? else {
+        return Err(DispatchError::Retryable(
+            "this tenant has no active MAIL server".into(),
+        ));
+    };
+    set_job_server(state, job.id, server).await?;
+    if reset {
+        let out = run_on(
+            state,
+            server,
+            SetMailboxPassword {
+                address: account.email.clone(),
+                password_hash: hash,
+            },
+        )
+        .await?;
+        return Ok(json!({ "mailAccountId": account.id, "email": account.email,
+                          "serverId": server, "changed": out.changed }));
+    }
+    let quota_mb = account
+        .quota_mb
+        .and_then(|q| u32::try_from(q).ok())
+        .map(QuotaMb::new)
+        .transpose()
+        .map_err(|e| permanent(e.to_string()))?;
+    let out = run_on(
+        state,
+        server,
+        CreateMailbox {
+            address: account.email.clone(),
+            password_hash: hash,
+            quota_mb,
+        },
+    )
+    .await?;
+    sqlx::query("UPDATE mail_accounts SET status = 'ACTIVE', mailbox = $2 WHERE id = $1")
+        .bind(account.id)
+        .bind(&out.maildir)
+        .execute(&state.db)
+        .await
+        .map_err(db_error)?;
+    Ok(
+        json!({ "mailAccountId": account.id, "email": account.email, "serverId": server,
+               "mailbox": out.maildir, "changed": out.changed }),
+    )
+}
+
+struct MailAccountRef {
+    id: Uuid,
+    email: EmailAddress,
+    quota_mb: Option<i32>,
+}
+
+async fn load_account(
+    state: &AppState,
+    job: &JobToRun,
+    id: Uuid,
+) -> Result<MailAccountRef, DispatchError> {
+    let (email, quota_mb): (String, Option<i32>) = sqlx::query_as(
+        "SELECT email, quota_mb FROM mail_accounts WHERE id = $1 AND tenant_id = $2",
+    )
+    .bind(id)
+    .bind(job.tenant_id)
+    .fetch_optional(&state.db)
+    .await
+    .map_err(db_error)?
+    .ok_or_else(|| permanent("the mail account no longer exists"))?;
+    let email = EmailAddress::parse(&email).map_err(|e| permanent(e.to_string()))?;
+    Ok(MailAccountRef {
+        id,
+        email,
+        quota_mb,
+    })
+}
+
+/// SUSPEND_ACCOUNT / UNSUSPEND_ACCOUNT of a mail account: the mailbox refuses logins (mail
+/// is still delivered) or accepts them again.
+async fn set_enabled(
+    state: &AppState,
+    job: &JobToRun,
+    id: Uuid,
+    enabled: bool,
+) -> Result<Value, DispatchError> {
+    let account = load_account(state, job, id).await?;
+    let Some((server, _)) = pick_server(state, job.tenant_id, "MAIL").await? else {
+        return Err(DispatchError::Retryable(
+            "this tenant has no active MAIL server".into(),
+        ));
+    };
+    set_job_server(state, job.id, server).await?;
+    let out = run_on(
+        state,
+        server,
+        SetMailboxEnabled {
+            address: account.email.clone(),
+            enabled,
+        },
+    )
+    .await?;
+    let status = if enabled {
+        MailStatus::Active
+    } else {
+        MailStatus::Disabled
+    };
+    sqlx::query("UPDATE mail_accounts SET status = $2 WHERE id = $1")
+        .bind(account.id)
+        .bind(status)
+        .execute(&state.db)
+        .await
+        .map_err(db_error)?;
+    Ok(
+        json!({ "mailAccountId": account.id, "email": account.email, "serverId": server,
+               "status": status, "changed": out.changed }),
+    )
+}
+
+/// A random password of letters and digits.
+pub fn generate_password() -> Zeroizing<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut bytes = [0u8; PASSWORD_LEN];
+    rand::fill(&mut bytes[..]);
+    // 256 is not a multiple of the alphabet's size: redraw the few biased bytes.
+    let limit = 256 - 256 % ALPHABET.len();
+    let mut out = Zeroizing::new(String::with_capacity(PASSWORD_LEN));
+    for mut b in bytes {
+        while usize::from(b) >= limit {
+            let mut one = [0u8; 1];
+            rand::fill(&mut one[..]);
+            b = one[0];
+        }
+        out.push(char::from(ALPHABET[usize::from(b) % ALPHABET.len()]));
+    }
+    out
+}
+
+/// The argon2id hash the mail server stores (on a blocking thread: it takes ~100 ms).
+pub async fn hash_password(password: Zeroizing<String>) -> Result<PasswordHash, DispatchError> {
+    tokio::task::spawn_blocking(move || {
+        let params = Params::new(65_536, 3, 1, None).expect("valid argon2 parameters");
+        let phc = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(password.as_bytes())
+            .map_err(|e| permanent(format!("hashing the mailbox password: {e}")))?
+            .to_string();
+        PasswordHash::parse(&phc).map_err(|e| permanent(e.to_string()))
+    })
+    .await
+    .map_err(|e| permanent(format!("hashing the mailbox password: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_long_random_and_unambiguous() {
+        let a = generate_password();
+        let b = generate_password();
+        assert_eq!(a.len(), PASSWORD_LEN);
+        assert_ne!(*a, *b);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert!(!a.contains(['0', 'O', 'l', '1', 'I']));
+    }
+
+    #[tokio::test]
+    async fn hashes_are_argon2id_with_dovecots_parameters() {
+        let hash = hash_password(Zeroizing::new("correct horse".into()))
+            .await
+            .unwrap();
+        assert!(hash.as_phc().starts_with("$argon2id$v=19$m=65536,t=3,p=1$"));
+    }
+}

@@ -1,0 +1,3 @@
+//! Tenants (hosting companies sharing one panel).
+
+pub mod routes;

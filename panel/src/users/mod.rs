@@ -1,0 +1,3 @@
+//! Operators (users) of a tenant and their roles.
+
+pub mod routes;
