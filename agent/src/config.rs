@@ -52,7 +52,10 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use mpanel_protocol::messages::{Hostname, Role};
+use mpanel_protocol::{
+    duration::parse_duration,
+    messages::{Hostname, Role},
+};
 use serde::Deserialize;
 use url::Url;
 
@@ -485,25 +488,6 @@ impl AgentConfig {
     }
 }
 
-/// `500ms`, `15s`, `5m`, `2h`, `7d`, or a bare number of seconds.
-pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    let v = v.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{v}' is not a duration like 15s, 5m or 500ms"))?;
-    let d = match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        "d" => Duration::from_secs(n.saturating_mul(86_400)),
-        _ => return Err(format!("'{v}' is not a duration like 15s, 5m or 500ms")),
-    };
-    Ok(d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,6 +641,21 @@ mod tests {
             let err = AgentConfig::parse(bad).unwrap_err().to_string();
             assert!(err.contains(key), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn durations_use_the_shared_parser() {
+        let c = AgentConfig::parse("renew_before = \"2w\"\nreconnect_min = \"250ms\"").unwrap();
+        assert_eq!(c.renew_before, Some(Duration::from_secs(14 * 86_400)));
+        assert_eq!(c.reconnect_min, Duration::from_millis(250));
+        // Overflow is refused, not saturated to the largest duration.
+        let err = AgentConfig::parse("renew_before = \"99999999999999999999d\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("renew_before") && err.contains("too large"),
+            "{err}"
+        );
     }
 
     #[test]

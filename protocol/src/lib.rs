@@ -2,10 +2,12 @@
 //!
 //! [`values`] holds the validating newtypes that guard the HTTP API, the job queue and the
 //! agent with one set of rules; [`messages`] holds the versioned messages of the panel–agent
-//! protocol and of enrollment.
+//! protocol and of enrollment; [`duration`] is the one parser of durations both binaries'
+//! configurations use.
 
 pub mod backup;
 pub mod dns;
+pub mod duration;
 pub mod mail;
 pub mod messages;
 pub mod values;

@@ -7,8 +7,6 @@
 //! STRIPE_WEBHOOK_SECRET, APP_URL); new ones follow the same style and are documented in
 //! `.env.example`.
 
-mod duration;
-
 use std::{
     collections::HashMap,
     fmt,
@@ -22,7 +20,7 @@ use url::Url;
 
 use crate::secrets::CredentialsKey;
 
-pub use duration::parse_duration;
+pub use mpanel_protocol::duration::parse_duration;
 
 /// Development gets local defaults so `mpanel serve` starts on a fresh machine; production
 /// insists that every secret and address is set explicitly.

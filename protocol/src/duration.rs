@@ -1,4 +1,6 @@
-//! Durations as operators write them in env files: `15m`, `7d`, `3600` (seconds), `500ms`.
+//! Durations as operators write them, in the panel's env file and in the agent's
+//! `agent.toml`: `15m`, `7d`, `3600` (seconds), `500ms`. One parser, so both binaries accept
+//! and refuse the same spellings.
 
 use std::time::Duration;
 
