@@ -10,8 +10,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use mpanel_protocol::messages::{
-    EnrollRequest, EnrollResponse, EnrollmentToken, Hostname, Label, Text,
+use mpanel_protocol::{
+    identity,
+    messages::{EnrollRequest, EnrollResponse, EnrollmentToken, Hostname, Label, Text},
 };
 use rcgen::{CertificateParams, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
 use sha2::{Digest, Sha256};
@@ -236,26 +237,23 @@ pub(crate) fn single_certificate(text: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 /// The agent id a certificate names: its CN and its `urn:mpanel:agent:` URI SAN, which must
-/// agree.
+/// agree ([`identity::agent_id_from_names`], the rule the panel's hub applies too).
 pub fn certificate_agent_id(cert: &X509Certificate<'_>) -> Option<Uuid> {
-    let mut cns = cert.subject().iter_common_name();
-    let cn = cns.next()?.as_str().ok()?;
-    if cns.next().is_some() {
-        return None;
-    }
-    let from_cn = Uuid::parse_str(cn).ok()?;
+    let common_names = cert
+        .subject()
+        .iter_common_name()
+        .map(|cn| cn.as_str().ok())
+        .collect::<Option<Vec<_>>>()?;
     let san = cert.subject_alternative_name().ok()??;
-    let from_san: Vec<Uuid> = san
+    let uris = san
         .value
         .general_names
         .iter()
         .filter_map(|name| match name {
-            GeneralName::URI(uri) => uri.strip_prefix("urn:mpanel:agent:"),
+            GeneralName::URI(uri) => Some(*uri),
             _ => None,
-        })
-        .filter_map(|id| Uuid::parse_str(id).ok())
-        .collect();
-    (from_san == [from_cn]).then_some(from_cn)
+        });
+    identity::agent_id_from_names(common_names, uris)
 }
 
 #[cfg(test)]
@@ -295,7 +293,7 @@ mod tests {
             .distinguished_name
             .push(DnType::CommonName, agent.to_string());
         params.subject_alt_names = vec![SanType::URI(
-            format!("urn:mpanel:agent:{san_agent}").try_into().unwrap(),
+            identity::agent_uri(san_agent).try_into().unwrap(),
         )];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let issuer = Issuer::from_params(&ca.params, &ca.key);

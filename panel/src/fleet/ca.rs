@@ -23,6 +23,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
+pub use mpanel_protocol::identity::{agent_uri, server_uri};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -40,17 +41,6 @@ pub const AGENT_CERT_VALIDITY: Duration = Duration::from_secs(30 * 86_400);
 /// Certificates start this long in the past, so an agent whose clock is a little behind
 /// can use its certificate at once.
 const BACKDATE: Duration = Duration::from_secs(5 * 60);
-
-/// The URI SAN that names an agent in its certificate.
-pub fn agent_uri(agent_id: Uuid) -> String {
-    format!("urn:mpanel:agent:{agent_id}")
-}
-
-/// The URI SAN that names the agent's server (informational: the hub looks the server up by
-/// agent id, in the database).
-pub fn server_uri(server_id: Uuid) -> String {
-    format!("urn:mpanel:server:{server_id}")
-}
 
 /// Lowercase hex SHA-256 of a certificate's DER, the fingerprint used everywhere in mPanel.
 pub fn fingerprint_sha256(der: &[u8]) -> String {

@@ -10,7 +10,8 @@
 //!   when this panel revokes. The hub checks the database again after the handshake, so a
 //!   stale cache (another replica revoked) costs one handshake, never an accepted agent.
 //! - No TLS session resumption: a resumed session would skip the certificate check.
-//! - An identity exists only when CN and the `urn:mpanel:agent:` SAN agree.
+//! - An identity exists only when CN and the `urn:mpanel:agent:` SAN agree (the rule of
+//!   [`mpanel_protocol::identity`], which the agent applies too).
 
 use std::{
     collections::HashSet,
@@ -18,6 +19,7 @@ use std::{
 };
 
 use anyhow::Context;
+use mpanel_protocol::identity;
 use rustls::{
     DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
     client::danger::HandshakeSignatureValid,
@@ -194,31 +196,27 @@ pub fn serial_hex(der: &CertificateDer<'_>) -> Option<String> {
     Some(hex::encode(cert.raw_serial()))
 }
 
-/// The agent a (verified) certificate names: CN and URI SAN must agree.
+/// The agent a (verified) certificate names: CN and URI SAN must agree
+/// ([`identity::agent_id_from_names`]).
 pub fn peer_identity(der: &CertificateDer<'_>) -> Option<PeerIdentity> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let mut cns = cert.subject().iter_common_name();
-    let cn = cns.next()?.as_str().ok()?;
-    if cns.next().is_some() {
-        return None;
-    }
-    let from_cn = Uuid::parse_str(cn).ok()?;
+    let common_names = cert
+        .subject()
+        .iter_common_name()
+        .map(|cn| cn.as_str().ok())
+        .collect::<Option<Vec<_>>>()?;
     let san = cert.subject_alternative_name().ok()??;
-    let from_san: Vec<Uuid> = san
+    let uris = san
         .value
         .general_names
         .iter()
         .filter_map(|name| match name {
-            GeneralName::URI(uri) => uri.strip_prefix("urn:mpanel:agent:"),
+            GeneralName::URI(uri) => Some(*uri),
             _ => None,
-        })
-        .filter_map(|id| Uuid::parse_str(id).ok())
-        .collect();
-    if from_san != [from_cn] {
-        return None;
-    }
+        });
+    let agent_id = identity::agent_id_from_names(common_names, uris)?;
     Some(PeerIdentity {
-        agent_id: from_cn,
+        agent_id,
         serial_hex: hex::encode(cert.raw_serial()),
         not_after: chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)?,
     })
