@@ -27,9 +27,12 @@ use std::{
 use anyhow::{Context, bail};
 use chrono::Utc;
 use futures_util::{SinkExt, StreamExt};
-use mpanel_protocol::messages::{
-    AgentMessage, CommandEnvelope, Hello, Hostname, Label, MAX_MESSAGE_BYTES, Outcome,
-    PROTOCOL_VERSION, PanelMessage, Text, Welcome,
+use mpanel_protocol::{
+    messages::{
+        AgentMessage, CommandEnvelope, Hello, Hostname, Label, Outcome, PROTOCOL_VERSION,
+        PanelMessage, Text, Welcome,
+    },
+    ws::ws_config,
 };
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
 use rustls::{
@@ -42,10 +45,7 @@ use tokio::{
     time::{Instant, timeout},
 };
 use tokio_rustls::{TlsConnector, client::TlsStream};
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{Message, protocol::WebSocketConfig},
-};
+use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use url::Url;
 use uuid::Uuid;
@@ -67,16 +67,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const OUTBOX_CAPACITY: usize = 256;
 
 type Ws = WebSocketStream<TlsStream<TcpStream>>;
-
-/// Small buffers: the agent sends and receives little.
-fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(MAX_MESSAGE_BYTES + 64 * 1024)
-        .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES))
-}
 
 /// The delay before reconnect attempt `attempt` (0-based).
 pub fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {

@@ -34,8 +34,11 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use mpanel_protocol::messages::{
-    AgentMessage, Hello, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, PanelMessage, Text, Welcome,
+    AgentMessage, Hello, PROTOCOL_VERSION, PanelMessage, Text, Welcome,
 };
+/// Small buffers and the protocol's message limit, the same as the agent's; see the module
+/// docs for the arithmetic.
+pub use mpanel_protocol::ws::ws_config;
 use serde_json::json;
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -43,10 +46,7 @@ use tokio::{
     time::{Instant, timeout},
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{Message, protocol::WebSocketConfig},
-};
+use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 use uuid::Uuid;
@@ -72,16 +72,6 @@ const OUTBOUND_CAPACITY: usize = 32;
 const MIN_METRICS_GAP: Duration = Duration::from_secs(1);
 /// Renewals one connection may ask for (a sane agent needs one).
 const MAX_RENEWALS_PER_CONNECTION: u32 = 2;
-
-/// Small buffers and the protocol's message limit; see the module docs for the arithmetic.
-pub fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(MAX_MESSAGE_BYTES + 64 * 1024)
-        .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES))
-}
 
 /// The bound listener, ready to [`Hub::run`].
 pub struct Hub {
