@@ -100,6 +100,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                      set MPANEL_ENV=production for a real install"
                 );
             }
+            for name in config.unused_settings() {
+                tracing::warn!(
+                    variable = name,
+                    "{name} is set but unused: the DNS and mail agents hold these APIs now \
+                     (see the operator guide's dns and mail roles)"
+                );
+            }
             let app = Application::build(config).await?;
             let shutdown = CancellationToken::new();
             cancel_on_signals(shutdown.clone());

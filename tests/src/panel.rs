@@ -18,59 +18,6 @@ use tokio::{
 
 use crate::db::TestDb;
 
-/// Every variable the panel reads; cleared for children so a developer's shell or `.env`
-/// never leaks into a test.
-const PANEL_VARS: &[&str] = &[
-    "MPANEL_ENV",
-    "NODE_ENV",
-    "PORT",
-    "HOST",
-    "DATABASE_URL",
-    "DATABASE_MAX_CONNECTIONS",
-    "MIGRATE_ON_START",
-    "REDIS_URL",
-    "REDIS_KEY_PREFIX",
-    "JWT_SECRET",
-    "JWT_ACCESS_EXPIRES_IN",
-    "JWT_REFRESH_EXPIRES_IN",
-    "EMAIL_FROM",
-    "SMTP_HOST",
-    "SMTP_PORT",
-    "SMTP_USER",
-    "SMTP_PASS",
-    "SMTP_TLS",
-    "CREDENTIALS_KEY",
-    "POWERDNS_API_URL",
-    "POWERDNS_API_KEY",
-    "MAILCORE_API_URL",
-    "MAILCORE_API_KEY",
-    "MARKETING_WEBHOOK_SECRET",
-    "STRIPE_WEBHOOK_SECRET",
-    "APP_URL",
-    "RUST_LOG",
-    "LOG_LEVEL",
-    "LOG_FILE",
-    "MPANEL_DATA_DIR",
-    "AGENT_LISTEN_ADDR",
-    "AGENT_PUBLIC_URL",
-    "CA_CERT_PATH",
-    "CA_KEY_PATH",
-    "SHUTDOWN_TIMEOUT",
-    "MAX_BODY_BYTES",
-    "TRUSTED_PROXIES",
-    "RUN_WORKER",
-    "WORKER_CONCURRENCY",
-    "JOB_LEASE",
-    "JOB_MAX_ATTEMPTS",
-    "JOB_RETRY_BASE",
-    "JOB_RETRY_MAX",
-    "JOB_SWEEP_INTERVAL",
-    "JOB_DISPATCHER",
-    "JOB_SIMULATE_DELAY",
-    "DNS_NAMESERVERS",
-    "DNS_HOSTMASTER",
-];
-
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789-abcdefghijklmnop";
 pub const INTERNAL_KEY: &str = "test-internal-key-0123456789";
 pub const STRIPE_SECRET: &str = "whsec_test_0123456789abcdef";
@@ -99,10 +46,12 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
-/// A `Command` for a workspace binary with a clean panel environment, run in `dir`.
+/// A `Command` for a workspace binary with a clean panel environment (every variable of
+/// `mpanel::config::VARIABLES` cleared, so a developer's shell or `.env` never leaks into a
+/// test), run in `dir`.
 pub fn command(name: &str, dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(bin_path(name));
-    for var in PANEL_VARS {
+    for var in mpanel::config::VARIABLES {
         cmd.env_remove(var);
     }
     cmd.current_dir(dir).kill_on_drop(true);

@@ -504,6 +504,76 @@ impl Config {
     }
 }
 
+/// Every environment variable the panel reads, declared once: [`Config::from_vars`] may read
+/// no other (checked in debug builds), `.env.example` documents each (a test compares them),
+/// and the test harness clears exactly these before it starts a panel.
+pub const VARIABLES: &[&str] = &[
+    "MPANEL_ENV",
+    "NODE_ENV",
+    "HOST",
+    "PORT",
+    "MAX_BODY_BYTES",
+    "TRUSTED_PROXIES",
+    "DATABASE_URL",
+    "DATABASE_MAX_CONNECTIONS",
+    "MIGRATE_ON_START",
+    "REDIS_URL",
+    "REDIS_KEY_PREFIX",
+    "JWT_SECRET",
+    "JWT_ACCESS_EXPIRES_IN",
+    "JWT_REFRESH_EXPIRES_IN",
+    "CREDENTIALS_KEY",
+    "POWERDNS_API_URL",
+    "POWERDNS_API_KEY",
+    "MAILCORE_API_URL",
+    "MAILCORE_API_KEY",
+    "MARKETING_WEBHOOK_SECRET",
+    "STRIPE_WEBHOOK_SECRET",
+    "APP_URL",
+    "RUST_LOG",
+    "LOG_LEVEL",
+    "LOG_FILE",
+    "MPANEL_DATA_DIR",
+    "AGENT_LISTEN_ADDR",
+    "AGENT_PUBLIC_URL",
+    "CA_CERT_PATH",
+    "CA_KEY_PATH",
+    "AGENT_HEARTBEAT_INTERVAL",
+    "AGENT_METRICS_INTERVAL",
+    "AGENT_METRICS_RETENTION",
+    "SHUTDOWN_TIMEOUT",
+    "RUN_WORKER",
+    "WORKER_CONCURRENCY",
+    "JOB_LEASE",
+    "JOB_MAX_ATTEMPTS",
+    "JOB_RETRY_BASE",
+    "JOB_RETRY_MAX",
+    "JOB_SWEEP_INTERVAL",
+    "JOB_DISPATCHER",
+    "JOB_SIMULATE_DELAY",
+    "DNS_NAMESERVERS",
+    "DNS_HOSTMASTER",
+    "SMTP_TLS",
+    "SMTP_HOST",
+    "SMTP_PORT",
+    "SMTP_USER",
+    "SMTP_PASS",
+    "EMAIL_FROM",
+];
+
+/// Accepted spellings that `.env.example` leaves out: `NODE_ENV` (the spec's name for
+/// `MPANEL_ENV`) and `RUST_LOG` (the usual name for `LOG_LEVEL`).
+const ALIASES: &[&str] = &["NODE_ENV", "RUST_LOG"];
+
+/// Parsed and validated for the spec's sake, but read by nothing: the agents hold the
+/// PowerDNS API key and drive Postfix/Dovecot themselves. `serve` warns when they are set.
+pub const UNUSED: &[&str] = &[
+    "POWERDNS_API_URL",
+    "POWERDNS_API_KEY",
+    "MAILCORE_API_URL",
+    "MAILCORE_API_KEY",
+];
+
 /// Reads variables and records problems instead of stopping at the first one.
 struct Reader<'a> {
     vars: &'a HashMap<String, String>,
@@ -513,6 +583,10 @@ struct Reader<'a> {
 impl Reader<'_> {
     /// An unset or empty variable is absent: env files often carry `NAME=`.
     fn get(&self, name: &str) -> Option<String> {
+        debug_assert!(
+            VARIABLES.contains(&name),
+            "{name} is read but not declared in config::VARIABLES"
+        );
         self.vars
             .get(name)
             .map(|v| v.trim().to_owned())
@@ -735,6 +809,20 @@ fn is_loopback_host(host: &str) -> bool {
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+impl Config {
+    /// The variables of [`UNUSED`] this configuration sets (for a start-up warning).
+    pub fn unused_settings(&self) -> Vec<&'static str> {
+        let set = |api: &ExternalApi| (api.url.is_some(), api.key.is_some());
+        let (pdns_url, pdns_key) = set(&self.powerdns);
+        let (mail_url, mail_key) = set(&self.mailcore);
+        [pdns_url, pdns_key, mail_url, mail_key]
+            .into_iter()
+            .zip(UNUSED)
+            .filter_map(|(is_set, name)| is_set.then_some(*name))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -932,6 +1020,49 @@ mod tests {
                 ("SMTP_TLS", "none"),
             ]))
             .is_ok()
+        );
+    }
+
+    #[test]
+    fn env_example_documents_exactly_the_declared_variables() {
+        let example = include_str!("../../../.env.example");
+        let documented: std::collections::BTreeSet<&str> = example
+            .lines()
+            .map(|l| l.trim_start_matches('#').trim())
+            .filter_map(|l| l.split_once('=').map(|(name, _)| name))
+            .filter(|n| {
+                !n.is_empty()
+                    && n.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            })
+            .collect();
+        let declared: std::collections::BTreeSet<&str> = VARIABLES
+            .iter()
+            .copied()
+            .filter(|v| !ALIASES.contains(v))
+            .collect();
+        assert_eq!(
+            documented, declared,
+            ".env.example and config::VARIABLES differ"
+        );
+        let unique: std::collections::BTreeSet<&str> = VARIABLES.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            VARIABLES.len(),
+            "a variable is declared twice"
+        );
+    }
+
+    #[test]
+    fn unused_settings_are_named() {
+        let config = Config::from_vars(&vars(&[
+            ("POWERDNS_API_URL", "http://127.0.0.1:8081"),
+            ("MAILCORE_API_KEY", "k"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.unused_settings(),
+            ["POWERDNS_API_URL", "MAILCORE_API_KEY"]
         );
     }
 }
