@@ -1,0 +1,200 @@
+//! `mpanel-agent run`: the daemon. Dials the hub over mTLS, says Hello, and then serves one
+//! `select!` loop per connection (rathole's client): the panel's frames, results of running
+//! commands, our heartbeat and metrics ticks, the panel's silence deadline and shutdown.
+//!
+//! This module owns the process: start-up checks, the `Agent` every connection shares,
+//! the reconnect loop, signals and the final wait for running commands. The rest is split
+//! along its jobs:
+//! - `transport`: TLS client configuration, TCP + TLS + WebSocket connect, writing a frame.
+//! - `session`: one connection, from Hello to close: the `select!` loop, commands, drain.
+//! - `renewal`: when to renew the certificate, the CSR, checking and installing the answer.
+//!
+//! - **Reconnect**: capped exponential backoff with jitter (a random delay between half and
+//!   all of `min(reconnect_max, reconnect_min × 2^n)`), reset once a connection stayed up
+//!   for [`STABLE_AFTER`]; after a panel restart agents come back spread out, not at once.
+//! - **Shutdown** (SIGTERM/SIGINT): no new commands; running ones finish (bounded by
+//!   `shutdown_timeout`) and their results are sent while the connection lasts.
+
+mod renewal;
+mod session;
+mod transport;
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context;
+use mpanel_protocol::messages::{AgentMessage, Hostname};
+use tokio::{
+    sync::mpsc,
+    time::{Instant, timeout},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use url::Url;
+use uuid::Uuid;
+
+use crate::{
+    VERSION, config::AgentConfig, enroll, journal::Journal, metrics::Collector, state::StateDir,
+};
+
+/// A connection that lasted this long resets the backoff.
+pub const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// Results waiting for a connection; beyond it they are dropped (the panel re-sends the
+/// command and the journal answers).
+const OUTBOX_CAPACITY: usize = 256;
+
+/// The delay before reconnect attempt `attempt` (0-based).
+pub fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
+    let base = min
+        .saturating_mul(2u32.saturating_pow(attempt.min(20)))
+        .min(max);
+    let half = base / 2;
+    let jitter = rand::random_range(0..=half.as_millis().max(1) as u64);
+    half + Duration::from_millis(jitter)
+}
+
+struct Agent {
+    config: AgentConfig,
+    state: StateDir,
+    hub_url: Url,
+    hostname: Hostname,
+    journal: Mutex<Journal>,
+    running: Mutex<HashSet<Uuid>>,
+    collector: Arc<Mutex<Collector>>,
+    tracker: TaskTracker,
+    outbox: mpsc::Sender<AgentMessage>,
+}
+
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let state = StateDir::new(&config.state_dir);
+    let record = state.enrollment()?.with_context(|| {
+        format!(
+            "{} holds no enrollment; run `mpanel-agent enroll` first",
+            state.root().display()
+        )
+    })?;
+    let hub_url = match &config.hub_url {
+        Some(u) => u.clone(),
+        None => Url::parse(&record.hub_url).context("the hub URL in enrollment.json")?,
+    };
+    let journal = Journal::open(&config.journal_file)?;
+    if config.roles.contains(&mpanel_protocol::messages::Role::Dns) {
+        let dns = config.dns.clone();
+        tokio::spawn(async move { crate::roles::dns::check_at_start(dns.as_ref()).await });
+    }
+    if config
+        .roles
+        .contains(&mpanel_protocol::messages::Role::Mail)
+    {
+        crate::roles::mail::check_at_start(config.mail.as_ref());
+    }
+    crate::roles::warn_missing_tools(&config);
+    let hostname = match &config.hostname {
+        Some(h) => h.clone(),
+        None => enroll::system_hostname()
+            .unwrap_or_else(|_| Hostname::parse("localhost").expect("valid")),
+    };
+    let (outbox, mut outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone());
+    tracing::info!(
+        agent_id = %record.agent_id,
+        server_id = %record.server_id,
+        hub = %hub_url,
+        roles = ?config.roles,
+        journal_entries = journal.len(),
+        version = VERSION,
+        "agent starting"
+    );
+    let agent = Arc::new(Agent {
+        collector: Arc::new(Mutex::new(Collector::new(&config.roles))),
+        config,
+        state,
+        hub_url,
+        hostname,
+        journal: Mutex::new(journal),
+        running: Mutex::new(HashSet::new()),
+        tracker: TaskTracker::new(),
+        outbox,
+    });
+
+    let mut attempt = 0u32;
+    loop {
+        let started = Instant::now();
+        match session::serve(&agent, &mut outbox_rx, &shutdown).await {
+            Ok(()) => tracing::info!("connection to the hub closed"),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "connection to the hub failed"),
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+        if started.elapsed() >= STABLE_AFTER {
+            attempt = 0;
+        }
+        let delay = backoff(
+            agent.config.reconnect_min,
+            agent.config.reconnect_max,
+            attempt,
+        );
+        attempt = attempt.saturating_add(1);
+        tracing::info!(delay_ms = delay.as_millis() as u64, attempt, "reconnecting");
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    agent.tracker.close();
+    if timeout(agent.config.shutdown_timeout, agent.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("commands still running at the shutdown timeout; exiting anyway");
+    }
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot listen for SIGTERM/SIGINT");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; finishing running commands"),
+            _ = int.recv() => tracing::info!("SIGINT received; finishing running commands"),
+        }
+        token.cancel();
+    });
+}
+
+fn read(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        for attempt in 0..30 {
+            let d = backoff(min, max, attempt);
+            let base = (min * 2u32.pow(attempt.min(10))).min(max);
+            assert!(
+                d >= base / 2 && d <= base + Duration::from_millis(1),
+                "{attempt}: {d:?}"
+            );
+        }
+        let samples: HashSet<u128> = (0..20).map(|_| backoff(min, max, 5).as_millis()).collect();
+        assert!(samples.len() > 1, "jittered");
+    }
+}
