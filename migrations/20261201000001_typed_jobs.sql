@@ -41,21 +41,19 @@ CREATE FUNCTION pg_temp.uuid_or_null(v text) RETURNS uuid LANGUAGE sql IMMUTABLE
     SELECT CASE WHEN v ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
                 THEN v::uuid END
 $$;
-UPDATE jobs j SET domain_id = d.id FROM domains d
- WHERE d.id = pg_temp.uuid_or_null(j.payload->>'domainId');
-UPDATE jobs j SET subscription_id = s.id FROM subscriptions s
- WHERE s.id = pg_temp.uuid_or_null(j.payload->>'subscriptionId');
-UPDATE jobs j SET hosting_account_id = h.id FROM hosting_accounts h
- WHERE h.id = pg_temp.uuid_or_null(j.payload->>'hostingAccountId');
-UPDATE jobs j SET mail_account_id = m.id FROM mail_accounts m
- WHERE m.id = pg_temp.uuid_or_null(j.payload->>'mailAccountId');
-UPDATE jobs j SET dns_zone_id = z.id FROM dns_zones z
- WHERE z.id = pg_temp.uuid_or_null(j.payload->>'zoneId');
-UPDATE jobs j SET backup_job_id = b.id FROM backup_jobs b
- WHERE b.id = pg_temp.uuid_or_null(j.payload->>'backupJobId');
-UPDATE jobs j SET vps_id = v.id FROM vps_instances v
- WHERE v.id = pg_temp.uuid_or_null(j.payload->>'vpsId');
-
+UPDATE jobs SET
+    domain_id = (SELECT id FROM domains
+                  WHERE id = pg_temp.uuid_or_null(payload->>'domainId')),
+    subscription_id = (SELECT id FROM subscriptions
+                        WHERE id = pg_temp.uuid_or_null(payload->>'subscriptionId')),
+    hosting_account_id = (SELECT id FROM hosting_accounts
+                           WHERE id = pg_temp.uuid_or_null(payload->>'hostingAccountId')),
+    mail_account_id = (SELECT id FROM mail_accounts
+                        WHERE id = pg_temp.uuid_or_null(payload->>'mailAccountId')),
+    dns_zone_id = (SELECT id FROM dns_zones WHERE id = pg_temp.uuid_or_null(payload->>'zoneId')),
+    backup_job_id = (SELECT id FROM backup_jobs
+                      WHERE id = pg_temp.uuid_or_null(payload->>'backupJobId')),
+    vps_id = (SELECT id FROM vps_instances WHERE id = pg_temp.uuid_or_null(payload->>'vpsId'));
 
 CREATE INDEX jobs_domain_id_idx ON jobs (domain_id);
 CREATE INDEX jobs_subscription_id_idx ON jobs (subscription_id);

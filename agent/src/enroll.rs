@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use url::Url;
 use uuid::Uuid;
-use x509_parser::{certificate::X509Certificate, extensions::GeneralName};
+use x509_parser::certificate::X509Certificate;
 
 use crate::{
     VERSION,
@@ -239,21 +239,7 @@ pub(crate) fn single_certificate(text: &str) -> anyhow::Result<Vec<u8>> {
 /// The agent id a certificate names: its CN and its `urn:mpanel:agent:` URI SAN, which must
 /// agree ([`identity::agent_id_from_names`], the rule the panel's hub applies too).
 pub fn certificate_agent_id(cert: &X509Certificate<'_>) -> Option<Uuid> {
-    let common_names = cert
-        .subject()
-        .iter_common_name()
-        .map(|cn| cn.as_str().ok())
-        .collect::<Option<Vec<_>>>()?;
-    let san = cert.subject_alternative_name().ok()??;
-    let uris = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) => Some(*uri),
-            _ => None,
-        });
-    identity::agent_id_from_names(common_names, uris)
+    identity::agent_id_of(cert)
 }
 
 #[cfg(test)]

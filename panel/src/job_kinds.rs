@@ -90,6 +90,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(mail.refs().mail_account_id, Some(id));
+        let reset = JobPayload::from_stored(
+            JobType::ProvisionMail,
+            json!({"kind": "resetMailPassword", "mailAccountId": id, "email": "info@example.com",
+                   "domainId": id, "requestedBy": id,
+                   "passwordHash": "$argon2id$v=19$m=65536,t=3,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g"}),
+        )
+        .unwrap();
+        assert_eq!(reset.refs().mail_account_id, Some(id));
+        assert_eq!(
+            reset.to_stored()["mailAccountId"],
+            json!(id),
+            "flattened as before"
+        );
         assert_eq!(site.refs().hosting_account_id, Some(id));
         assert_eq!(JobPayload::KINDS.len(), 15);
     }

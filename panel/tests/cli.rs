@@ -5,30 +5,11 @@ use std::{process::Output, time::Duration};
 
 use tokio::process::Command;
 
-const PANEL_VARS: &[&str] = &[
-    "MPANEL_ENV",
-    "NODE_ENV",
-    "PORT",
-    "HOST",
-    "DATABASE_URL",
-    "REDIS_URL",
-    "JWT_SECRET",
-    "MARKETING_WEBHOOK_SECRET",
-    "STRIPE_WEBHOOK_SECRET",
-    "APP_URL",
-    "SMTP_HOST",
-    "EMAIL_FROM",
-    "RUST_LOG",
-    "LOG_LEVEL",
-    "LOG_FILE",
-    "AGENT_LISTEN_ADDR",
-    "AGENT_PUBLIC_URL",
-];
-
 async fn mpanel(args: &[&str], env: &[(&str, &str)]) -> Output {
     let dir = std::env::temp_dir();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mpanel"));
-    for v in PANEL_VARS {
+    // Every variable the panel reads, so the developer's shell cannot change the outcome.
+    for v in mpanel::config::VARIABLES {
         cmd.env_remove(v);
     }
     cmd.current_dir(dir)

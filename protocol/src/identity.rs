@@ -2,9 +2,9 @@
 //! apply to a certificate (the panel's hub to a peer, the agent to what enrollment and
 //! renewal hand it).
 //!
-//! The rule is pure, over names already read from the certificate, so this crate needs no
-//! X.509 parser: each side extracts the subject's common names and the URI subject
-//! alternative names with its own parser and asks [`agent_id_from_names`].
+//! The rule is pure, over names already read from the certificate
+//! ([`agent_id_from_names`]); with the `x509` feature, [`agent_id_of`] reads them from a
+//! certificate parsed by x509-parser, for both binaries.
 
 use uuid::Uuid;
 
@@ -45,6 +45,27 @@ pub fn agent_id_from_names<'a>(
         .filter_map(|id| Uuid::parse_str(id).ok())
         .collect();
     (from_san == [from_cn]).then_some(from_cn)
+}
+
+/// [`agent_id_from_names`] over a parsed certificate's subject common names and URI SANs.
+#[cfg(feature = "x509")]
+pub fn agent_id_of(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<Uuid> {
+    use x509_parser::extensions::GeneralName;
+    let common_names = cert
+        .subject()
+        .iter_common_name()
+        .map(|cn| cn.as_str().ok())
+        .collect::<Option<Vec<_>>>()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let uris = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        });
+    agent_id_from_names(common_names, uris)
 }
 
 #[cfg(test)]

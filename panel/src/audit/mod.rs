@@ -7,7 +7,7 @@ pub mod routes;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::http::client::ClientMeta;
+use crate::{auth::current::CurrentUser, http::client::ClientMeta};
 
 pub struct Entry<'a> {
     pub tenant_id: Uuid,
@@ -15,6 +15,30 @@ pub struct Entry<'a> {
     pub action: &'a str,
     pub client: Option<&'a ClientMeta>,
     pub details: Value,
+}
+
+impl<'a> Entry<'a> {
+    /// What an operator did in their tenant, and from where.
+    pub fn by(user: &CurrentUser, client: &'a ClientMeta, action: &'a str, details: Value) -> Self {
+        Entry {
+            tenant_id: user.tenant_id,
+            user_id: Some(user.id),
+            action,
+            client: Some(client),
+            details,
+        }
+    }
+
+    /// What the panel did on its own (a job, a periodic duty).
+    pub fn system(tenant_id: Uuid, action: &'a str, details: Value) -> Self {
+        Entry {
+            tenant_id,
+            user_id: None,
+            action,
+            client: None,
+            details,
+        }
+    }
 }
 
 pub async fn record(conn: &mut sqlx::PgConnection, entry: Entry<'_>) -> sqlx::Result<()> {

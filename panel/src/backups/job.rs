@@ -63,10 +63,7 @@ impl JobKind for RunBackup {
     const TYPE: JobType = JobType::RunBackup;
 
     fn refs(&self) -> JobRefs {
-        JobRefs {
-            backup_job_id: Some(self.backup_job_id),
-            ..JobRefs::default()
-        }
+        JobRefs::default().backup_job(self.backup_job_id)
     }
 
     async fn run(&self, state: &AppState, job: &JobToRun) -> Result<Value, DispatchError> {
@@ -221,26 +218,16 @@ async fn record_success(
         "pruned": output.pruned,
         "jobId": job.id,
     });
-    let mut tx = state.db.begin().await.map_err(db_error)?;
+    // The definition and its run in one statement: both or neither.
     sqlx::query(
-        "UPDATE backup_jobs SET status = 'SUCCESS', last_run_at = now(), server_id = $2,
-                last_size_bytes = $3, last_sha256 = $4, last_path = $5, last_error = NULL,
-                details = $6
-          WHERE id = $1",
-    )
-    .bind(def.id)
-    .bind(server)
-    .bind(size)
-    .bind(&output.sha256)
-    .bind(&output.path)
-    .bind(&details)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_error)?;
-    sqlx::query(
-        "INSERT INTO backup_runs (tenant_id, backup_job_id, job_id, server_id, source, status,
+        "WITH definition AS (
+            UPDATE backup_jobs SET status = 'SUCCESS', last_run_at = now(), server_id = $4,
+                   last_size_bytes = $5, last_sha256 = $6, last_path = $7, last_error = NULL,
+                   details = $8
+             WHERE id = $2 RETURNING id)
+         INSERT INTO backup_runs (tenant_id, backup_job_id, job_id, server_id, source, status,
                                   size_bytes, sha256, path, details)
-         VALUES ($1, $2, $3, $4, 'AGENT', 'SUCCESS', $5, $6, $7, $8)",
+         SELECT $1, id, $3, $4, 'AGENT', 'SUCCESS', $5, $6, $7, $8 FROM definition",
     )
     .bind(job.tenant_id)
     .bind(def.id)
@@ -250,10 +237,9 @@ async fn record_success(
     .bind(&output.sha256)
     .bind(&output.path)
     .bind(&details)
-    .execute(&mut *tx)
+    .execute(&state.db)
     .await
     .map_err(db_error)?;
-    tx.commit().await.map_err(db_error)?;
     Ok(json!({
         "backupJobId": def.id,
         "serverId": server,
@@ -272,23 +258,14 @@ async fn record_failure(
     error: &str,
 ) -> Result<(), DispatchError> {
     let details = json!({ "error": error, "jobId": job.id });
-    let mut tx = state.db.begin().await.map_err(db_error)?;
     sqlx::query(
-        "UPDATE backup_jobs SET status = 'FAILED', last_run_at = now(),
-                server_id = coalesce($2, server_id), last_error = $3, details = $4
-          WHERE id = $1",
-    )
-    .bind(def.id)
-    .bind(server)
-    .bind(error)
-    .bind(&details)
-    .execute(&mut *tx)
-    .await
-    .map_err(db_error)?;
-    sqlx::query(
-        "INSERT INTO backup_runs (tenant_id, backup_job_id, job_id, server_id, source, status,
+        "WITH definition AS (
+            UPDATE backup_jobs SET status = 'FAILED', last_run_at = now(),
+                   server_id = coalesce($4, server_id), last_error = $5, details = $6
+             WHERE id = $2 RETURNING id)
+         INSERT INTO backup_runs (tenant_id, backup_job_id, job_id, server_id, source, status,
                                   error, details)
-         VALUES ($1, $2, $3, $4, 'AGENT', 'FAILED', $5, $6)",
+         SELECT $1, id, $3, $4, 'AGENT', 'FAILED', $5, $6 FROM definition",
     )
     .bind(job.tenant_id)
     .bind(def.id)
@@ -296,9 +273,8 @@ async fn record_failure(
     .bind(server)
     .bind(error)
     .bind(&details)
-    .execute(&mut *tx)
+    .execute(&state.db)
     .await
     .map_err(db_error)?;
-    tx.commit().await.map_err(db_error)?;
     Ok(())
 }

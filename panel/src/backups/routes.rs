@@ -285,18 +285,17 @@ async fn create(
     };
     audit::record(
         &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: "backup.create",
-            client: Some(&client),
-            details: json!({
+        Entry::by(
+            &user,
+            &client,
+            "backup.create",
+            json!({
                 "backupJobId": created.id,
                 "type": created.kind,
                 "targetId": created.target_id,
                 "database": created.database,
             }),
-        },
+        ),
     )
     .await?;
     tx.commit().await?;
@@ -370,13 +369,12 @@ async fn rerun(
         .await?;
     audit::record(
         &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: "backup.rerun",
-            client: Some(&client),
-            details: json!({ "backupJobId": id, "jobId": job, "type": backup.kind }),
-        },
+        Entry::by(
+            &user,
+            &client,
+            "backup.rerun",
+            json!({ "backupJobId": id, "jobId": job, "type": backup.kind }),
+        ),
     )
     .await?;
     tx.commit().await?;

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use crate::http::openapi::Errors;
+use crate::http::openapi::{Cached, Errors};
 use crate::{
     app::AppState,
     http::{
@@ -140,17 +140,7 @@ async fn active_plans(
         ("tenant" = Option<String>, Query, description = "Tenant slug; may be left out while only one tenant is active"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer"),
     ),
-    responses(
-        (status = 200, description = "The active products", body = PublicProductList, headers(
-            ("ETag" = String, description = "A strong validator of the body"),
-            ("Cache-Control" = String, description = "`public, max-age=60`"),
-        )),
-        (status = 304, description = "Unchanged since the ETag sent in If-None-Match; no body", headers(
-            ("ETag" = String, description = "The body's validator"),
-            ("Cache-Control" = String, description = "`public, max-age=60`"),
-        )),
-        Errors,
-    ))]
+    responses(Cached<PublicProductList>, Errors))]
 pub async fn products(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -183,17 +173,7 @@ pub async fn products(
         ("product" = Option<String>, Query, description = "Only this product's plans (a product slug)"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer"),
     ),
-    responses(
-        (status = 200, description = "The active plans", body = PublicPlanList, headers(
-            ("ETag" = String, description = "A strong validator of the body"),
-            ("Cache-Control" = String, description = "`public, max-age=60`"),
-        )),
-        (status = 304, description = "Unchanged since the ETag sent in If-None-Match; no body", headers(
-            ("ETag" = String, description = "The body's validator"),
-            ("Cache-Control" = String, description = "`public, max-age=60`"),
-        )),
-        Errors,
-    ))]
+    responses(Cached<PublicPlanList>, Errors))]
 pub async fn plans(
     State(state): State<AppState>,
     headers: HeaderMap,

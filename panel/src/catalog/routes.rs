@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::limits::PlanLimits;
 use super::public::{CatalogQuery, PublicPlanList, PublicProductList};
-use crate::http::openapi::{Errors, ListParams};
+use crate::http::openapi::{Cached, Errors, ListParams};
 use crate::{
     app::AppState,
     audit::{self, Entry},
@@ -123,6 +123,10 @@ fn check_limits(value: Value) -> Result<Value, ApiError> {
     Ok(serde_json::to_value(limits).expect("limits serialize"))
 }
 
+fn slug_taken(what: &str, slug: &str) -> ApiError {
+    ApiError::Conflict(format!("a {what} with slug '{slug}' already exists"))
+}
+
 async fn audit_change(
     conn: &mut sqlx::PgConnection,
     user: &crate::auth::current::CurrentUser,
@@ -130,17 +134,7 @@ async fn audit_change(
     action: &str,
     details: Value,
 ) -> sqlx::Result<()> {
-    audit::record(
-        conn,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action,
-            client: Some(client),
-            details,
-        },
-    )
-    .await
+    audit::record(conn, Entry::by(user, client, action, details)).await
 }
 
 // ----- products ---------------------------------------------------------------------------
@@ -260,12 +254,7 @@ async fn create_product(
     .bind(body.is_active.unwrap_or(true))
     .fetch_one(&mut *tx)
     .await
-    .on_constraint(SLUG_KEYS, || {
-        ApiError::Conflict(format!(
-            "a product with slug '{}' already exists",
-            slug.as_str()
-        ))
-    })?;
+    .on_constraint(SLUG_KEYS, || slug_taken("product", slug.as_str()))?;
     audit_change(
         &mut tx,
         &user,
@@ -335,10 +324,7 @@ async fn update_product(
     .fetch_one(&mut *tx)
     .await
     .on_constraint(SLUG_KEYS, || {
-        ApiError::Conflict(format!(
-            "a product with slug '{}' already exists",
-            slug.as_ref().map_or("", Slug::as_str)
-        ))
+        slug_taken("product", slug.as_ref().map_or("", Slug::as_str))
     })?;
     audit_change(
         &mut tx,
@@ -520,9 +506,7 @@ async fn create_plan(
     .bind(&limits)
     .fetch_one(&mut *tx)
     .await
-    .on_constraint(SLUG_KEYS, || {
-        ApiError::Conflict(format!("a plan with slug '{}' already exists", slug.as_str()))
-    })?;
+    .on_constraint(SLUG_KEYS, || slug_taken("plan", slug.as_str()))?;
     audit_change(
         &mut tx,
         &user,
@@ -613,9 +597,7 @@ async fn update_plan(
     .bind(limits.clone().flatten())
     .fetch_one(&mut *tx)
     .await
-    .on_constraint(SLUG_KEYS, || {
-        ApiError::Conflict(format!("a plan with slug '{}' already exists", slug.as_ref().map_or("", Slug::as_str)))
-    })?;
+    .on_constraint(SLUG_KEYS, || slug_taken("plan", slug.as_ref().map_or("", Slug::as_str)))?;
     audit_change(
         &mut tx,
         &user,
@@ -669,17 +651,7 @@ async fn deactivate_plan(
         ("tenant" = Option<String>, Query, description = "Tenant slug; may be left out while only one tenant is active"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer"),
     ),
-    responses(
-        (status = 200, description = "The active products", body = PublicProductList, headers(
-            ("ETag" = String, description = "A strong validator of the body"),
-            ("Cache-Control" = String, description = "`public, max-age=60`"),
-        )),
-        (status = 304, description = "Unchanged since the ETag sent in If-None-Match; no body", headers(
-            ("ETag" = String, description = "The body's validator"),
-            ("Cache-Control" = String, description = "`public, max-age=60`"),
-        )),
-        Errors,
-    ))]
+    responses(Cached<PublicProductList>, Errors))]
 async fn public_products(
     state: State<AppState>,
     headers: HeaderMap,
@@ -696,17 +668,7 @@ async fn public_products(
         ("product" = Option<String>, Query, description = "Only this product's plans (a product slug)"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag of an earlier answer"),
     ),
-    responses(
-        (status = 200, description = "The active plans", body = PublicPlanList, headers(
-            ("ETag" = String, description = "A strong validator of the body"),
-            ("Cache-Control" = String, description = "`public, max-age=60`"),
-        )),
-        (status = 304, description = "Unchanged since the ETag sent in If-None-Match; no body", headers(
-            ("ETag" = String, description = "The body's validator"),
-            ("Cache-Control" = String, description = "`public, max-age=60`"),
-        )),
-        Errors,
-    ))]
+    responses(Cached<PublicPlanList>, Errors))]
 async fn public_plans(
     state: State<AppState>,
     headers: HeaderMap,

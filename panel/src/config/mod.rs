@@ -563,6 +563,7 @@ pub const VARIABLES: &[&str] = &[
 
 /// Accepted spellings that `.env.example` leaves out: `NODE_ENV` (the spec's name for
 /// `MPANEL_ENV`) and `RUST_LOG` (the usual name for `LOG_LEVEL`).
+#[cfg(test)]
 const ALIASES: &[&str] = &["NODE_ENV", "RUST_LOG"];
 
 /// Parsed and validated for the spec's sake, but read by nothing: the agents hold the

@@ -29,7 +29,7 @@ use crate::{
         current::CurrentUser,
         permissions::{Require, perm},
     },
-    dns::job as zones,
+    dns::{job as zones, store as zone_store},
     http::{
         client::ClientMeta,
         error::{ApiError, ApiResult},
@@ -304,27 +304,18 @@ async fn create(
             ));
         }
     };
-    let zone: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO dns_zones (tenant_id, domain_id) VALUES ($1, $2)
-         ON CONFLICT (domain_id) DO NOTHING RETURNING id",
-    )
-    .bind(user.tenant_id)
-    .bind(domain_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(zone) = zone else {
+    let Some(zone) = zone_store::insert_zone(&mut tx, user.tenant_id, domain_id).await? else {
         return Err(ApiError::Conflict(format!("{name} already has a DNS zone")));
     };
     let job = queue_sync(&mut tx, &state, &user, zone, domain_id, &name).await?;
     audit::record(
         &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: "dns.zone.create",
-            client: Some(&client),
-            details: json!({ "zoneId": zone, "domain": name, "jobId": job }),
-        },
+        Entry::by(
+            &user,
+            &client,
+            "dns.zone.create",
+            json!({ "zoneId": zone, "domain": name, "jobId": job }),
+        ),
     )
     .await?;
     tx.commit().await?;
@@ -351,13 +342,12 @@ async fn sync(
     let job = queue_sync(&mut tx, &state, &user, id, zone.domain_id, &zone.domain).await?;
     audit::record(
         &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: "dns.zone.sync",
-            client: Some(&client),
-            details: json!({ "zoneId": id, "domain": zone.domain, "jobId": job }),
-        },
+        Entry::by(
+            &user,
+            &client,
+            "dns.zone.sync",
+            json!({ "zoneId": id, "domain": zone.domain, "jobId": job }),
+        ),
     )
     .await?;
     tx.commit().await?;
@@ -383,10 +373,7 @@ async fn queue_sync(
 ) -> ApiResult<Uuid> {
     let domain = DomainName::parse(domain)
         .map_err(|e| anyhow::anyhow!("stored zone name {domain:?}: {e}"))?;
-    sqlx::query("UPDATE dns_zones SET is_synced = false WHERE id = $1")
-        .bind(zone)
-        .execute(&mut *tx)
-        .await?;
+    zone_store::mark_unsynced(&mut *tx, zone).await?;
     let waiting: Option<Uuid> = sqlx::query_scalar(
         "SELECT id FROM jobs WHERE tenant_id = $1 AND type = 'PROVISION_DNS'
             AND dns_zone_id = $2 AND status = 'PENDING' LIMIT 1",
@@ -681,7 +668,7 @@ async fn change_records(
         .bind(zone_id)
         .execute(&mut *tx)
         .await?;
-    let before = zones::stored_records(&mut *tx, zone_id)
+    let before = zone_store::stored_records(&mut *tx, zone_id)
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?;
     let mut after = before.clone();
@@ -692,29 +679,28 @@ async fn change_records(
     let added: Vec<&DnsRecord> = after.iter().filter(|r| !before.contains(r)).collect();
     let removed: Vec<&DnsRecord> = before.iter().filter(|r| !after.contains(r)).collect();
     match (edited, removed.as_slice(), added.as_slice()) {
-        (Some(id), [_], [new]) => zones::update_record(&mut tx, zone_id, id, new).await?,
+        (Some(id), [_], [new]) => zone_store::update_record(&mut tx, zone_id, id, new).await?,
         _ => {
             for r in &removed {
-                zones::delete_record(&mut tx, zone_id, r).await?;
+                zone_store::delete_record(&mut tx, zone_id, r).await?;
             }
             for r in &added {
-                zones::insert_record(&mut tx, user.tenant_id, zone_id, r).await?;
+                zone_store::insert_record(&mut tx, user.tenant_id, zone_id, r).await?;
             }
         }
     }
     let job = queue_sync(&mut tx, state, user, zone_id, zone.domain_id, &zone.domain).await?;
     audit::record(
         &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
+        Entry::by(
+            user,
+            client,
             action,
-            client: Some(client),
-            details: json!({
+            json!({
                 "zoneId": zone_id, "domain": zone.domain, "jobId": job,
                 "added": added, "removed": removed,
             }),
-        },
+        ),
     )
     .await?;
     tx.commit().await?;

@@ -534,12 +534,10 @@ impl Conn {
         .await?;
         audit::record(
             &mut tx,
-            Entry {
-                tenant_id: self.tenant_id,
-                user_id: None,
-                action: "agent.certificate.renew",
-                client: None,
-                details: json!({
+            Entry::system(
+                self.tenant_id,
+                "agent.certificate.renew",
+                json!({
                     "agentId": self.peer.agent_id,
                     "serverId": self.server_id,
                     "previousSerial": self.peer.serial_hex,
@@ -547,7 +545,7 @@ impl Conn {
                     "fingerprint": signed.fingerprint_sha256,
                     "notAfter": signed.not_after,
                 }),
-            },
+            ),
         )
         .await?;
         tx.commit().await?;

@@ -32,7 +32,6 @@ use rustls::{
 };
 use sqlx::PgPool;
 use uuid::Uuid;
-use x509_parser::extensions::GeneralName;
 
 use super::ca::{CertificateAuthority, HubIdentity};
 
@@ -200,21 +199,7 @@ pub fn serial_hex(der: &CertificateDer<'_>) -> Option<String> {
 /// ([`identity::agent_id_from_names`]).
 pub fn peer_identity(der: &CertificateDer<'_>) -> Option<PeerIdentity> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let common_names = cert
-        .subject()
-        .iter_common_name()
-        .map(|cn| cn.as_str().ok())
-        .collect::<Option<Vec<_>>>()?;
-    let san = cert.subject_alternative_name().ok()??;
-    let uris = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) => Some(*uri),
-            _ => None,
-        });
-    let agent_id = identity::agent_id_from_names(common_names, uris)?;
+    let agent_id = identity::agent_id_of(&cert)?;
     Some(PeerIdentity {
         agent_id,
         serial_hex: hex::encode(cert.raw_serial()),

@@ -13,7 +13,6 @@ use mpanel_protocol::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::jobs::agent::{db_error, run_on, set_job_server};
@@ -22,10 +21,10 @@ use crate::{
     domains,
     jobs::{
         dispatcher::{DispatchError, JobToRun},
-        payload::{JobKind, JobRefs},
+        payload::{JobKind, JobRefs, newtype_kind},
     },
     model::{HostingStatus, JobType},
-    orders::jobs::OrderJob,
+    orders::jobs::order_kind,
 };
 
 /// The PHP version of sites whose plan names none.
@@ -49,39 +48,14 @@ const ACCOUNT: &str = "SELECT h.server_id, h.system_user, h.php_version, h.statu
         d.name AS domain, h.domain_id
    FROM hosting_accounts h JOIN domains d ON d.id = h.domain_id";
 
-/// PROVISION_HOSTING for a paid order: the order's site, with the plan's PHP version.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ProvisionOrderSite(pub OrderJob);
-
-impl JobKind for ProvisionOrderSite {
-    const TYPE: JobType = JobType::ProvisionHosting;
-
-    fn refs(&self) -> JobRefs {
-        self.0.refs()
-    }
-
-    async fn run(&self, state: &AppState, job: &JobToRun) -> Result<Value, DispatchError> {
-        let (domain, domain_id) = self.0.domain()?;
-        provision(
-            state,
-            job,
-            domain,
-            domain_id,
-            self.0.limits.php_version.as_ref(),
-        )
-        .await
-    }
-
-    async fn on_success(
-        &self,
-        tx: &mut PgConnection,
-        state: &AppState,
-        _job: &JobToRun,
-    ) -> sqlx::Result<()> {
-        self.0.succeeded(tx, state).await
-    }
-}
+order_kind!(
+    /// PROVISION_HOSTING for a paid order: the order's site, with the plan's PHP version.
+    ProvisionOrderSite as ProvisionHosting,
+    |state, job, order| {
+        let (domain, domain_id) = order.domain()?;
+        provision(state, job, domain, domain_id, order.limits.php_version.as_ref()).await
+    },
+);
 
 /// PROVISION_HOSTING asked for by an operator (`POST /api/hosting/accounts`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,10 +71,7 @@ impl JobKind for CreateHostingAccount {
     const TYPE: JobType = JobType::ProvisionHosting;
 
     fn refs(&self) -> JobRefs {
-        JobRefs {
-            domain_id: Some(self.domain_id),
-            ..JobRefs::default()
-        }
+        JobRefs::default().domain(self.domain_id)
     }
 
     async fn run(&self, state: &AppState, job: &JobToRun) -> Result<Value, DispatchError> {
@@ -127,46 +98,26 @@ pub struct SiteRef {
 
 impl SiteRef {
     fn refs(&self) -> JobRefs {
-        JobRefs {
-            domain_id: Some(self.domain_id),
-            hosting_account_id: Some(self.hosting_account_id),
-            ..JobRefs::default()
-        }
+        JobRefs::default()
+            .domain(self.domain_id)
+            .hosting_account(self.hosting_account_id)
     }
 }
 
-macro_rules! site_action {
-    ($(#[$doc:meta])* $name:ident, $type:ident, $action:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(pub SiteRef);
-
-        impl JobKind for $name {
-            const TYPE: JobType = JobType::$type;
-
-            fn refs(&self) -> JobRefs {
-                self.0.refs()
-            }
-
-            async fn run(&self, state: &AppState, job: &JobToRun) -> Result<Value, DispatchError> {
-                account_action(state, job, self.0.hosting_account_id, AccountAction::$action).await
-            }
-        }
-    };
-}
-
-site_action!(
+newtype_kind!(
     /// SUSPEND_ACCOUNT of a site: nginx serves the suspended page, PHP stops.
-    SuspendSite, SuspendAccount, Suspend
+    SuspendSite(SiteRef) as SuspendAccount,
+    |state, job, site| account_action(state, job, site.hosting_account_id, AccountAction::Suspend).await,
 );
-site_action!(
+newtype_kind!(
     /// UNSUSPEND_ACCOUNT of a site: served again.
-    UnsuspendSite, UnsuspendAccount, Unsuspend
+    UnsuspendSite(SiteRef) as UnsuspendAccount,
+    |state, job, site| account_action(state, job, site.hosting_account_id, AccountAction::Unsuspend).await,
 );
-site_action!(
+newtype_kind!(
     /// TERMINATE_ACCOUNT: the site archived and removed, its system user deleted.
-    TerminateSite, TerminateAccount, Terminate
+    TerminateSite(SiteRef) as TerminateAccount,
+    |state, job, site| account_action(state, job, site.hosting_account_id, AccountAction::Terminate).await,
 );
 
 async fn provision(

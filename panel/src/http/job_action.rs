@@ -32,16 +32,6 @@ pub async fn queue_job(
     )
     .await?;
     details["jobId"] = json!(job);
-    audit::record(
-        tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action,
-            client: Some(client),
-            details,
-        },
-    )
-    .await?;
+    audit::record(tx, Entry::by(user, client, action, details)).await?;
     Ok(job)
 }

@@ -84,6 +84,43 @@ fn error(description: &str) -> RefOr<Response> {
         .into()
 }
 
+/// A cacheable answer (the public catalog): 200 with a `T` body and its ETag, or 304 when
+/// the request's If-None-Match holds that ETag; both with Cache-Control.
+pub struct Cached<T>(std::marker::PhantomData<T>);
+
+impl<T: ToSchema> IntoResponses for Cached<T> {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        let with_headers = |builder: ResponseBuilder| {
+            let header = |description: &str| {
+                openapi::header::HeaderBuilder::new()
+                    .schema(Some(
+                        openapi::ObjectBuilder::new().schema_type(openapi::schema::Type::String),
+                    ))
+                    .description(Some(description))
+                    .build()
+            };
+            builder
+                .header("ETag", header("A strong validator of the body"))
+                .header("Cache-Control", header("`public, max-age=60`"))
+                .build()
+        };
+        let ok = ResponseBuilder::new()
+            .description("The answer, with its validator")
+            .content(
+                "application/json",
+                openapi::ContentBuilder::new()
+                    .schema(Some(openapi::Ref::from_schema_name(T::name())))
+                    .build(),
+            );
+        let unchanged = ResponseBuilder::new()
+            .description("Unchanged since the ETag sent in If-None-Match; no body");
+        BTreeMap::from([
+            ("200".to_owned(), with_headers(ok).into()),
+            ("304".to_owned(), with_headers(unchanged).into()),
+        ])
+    }
+}
+
 /// The errors any authenticated route can answer, documented once.
 pub struct Errors;
 

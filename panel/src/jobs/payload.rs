@@ -31,6 +31,57 @@ pub struct JobRefs {
     pub vps_id: Option<Uuid>,
 }
 
+impl JobRefs {
+    pub fn domain(self, id: impl Into<Option<Uuid>>) -> Self {
+        JobRefs {
+            domain_id: id.into(),
+            ..self
+        }
+    }
+
+    pub fn subscription(self, id: Uuid) -> Self {
+        JobRefs {
+            subscription_id: Some(id),
+            ..self
+        }
+    }
+
+    pub fn hosting_account(self, id: Uuid) -> Self {
+        JobRefs {
+            hosting_account_id: Some(id),
+            ..self
+        }
+    }
+
+    pub fn mail_account(self, id: Uuid) -> Self {
+        JobRefs {
+            mail_account_id: Some(id),
+            ..self
+        }
+    }
+
+    pub fn dns_zone(self, id: Uuid) -> Self {
+        JobRefs {
+            dns_zone_id: Some(id),
+            ..self
+        }
+    }
+
+    pub fn backup_job(self, id: Uuid) -> Self {
+        JobRefs {
+            backup_job_id: Some(id),
+            ..self
+        }
+    }
+
+    pub fn vps(self, id: Uuid) -> Self {
+        JobRefs {
+            vps_id: Some(id),
+            ..self
+        }
+    }
+}
+
 /// One kind of job: its payload, the spec type it is stored under, and its executor.
 pub trait JobKind:
     Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static
@@ -60,6 +111,63 @@ pub trait JobKind:
         async { Ok(()) }
     }
 }
+
+/// A job kind that wraps a payload other kinds share (an order's [`OrderJob`], a site or
+/// mailbox reference): stored as the inner payload, its refs the inner's `refs()`.
+/// `|state, job, inner| body` is its executor; `on_success = |tx, state, inner| body`
+/// optionally its success hook.
+///
+/// [`OrderJob`]: crate::orders::jobs::OrderJob
+macro_rules! newtype_kind {
+    ($(#[$doc:meta])* $name:ident($inner:ty) as $type:ident,
+     |$state:ident, $job:ident, $p:ident| $run:expr $(,)?) => {
+        $crate::jobs::payload::newtype_kind!(@kind $(#[$doc])* $name($inner) as $type,
+            |$state, $job, $p| $run, {});
+    };
+    ($(#[$doc:meta])* $name:ident($inner:ty) as $type:ident,
+     |$state:ident, $job:ident, $p:ident| $run:expr,
+     on_success = |$tx:ident, $st:ident, $q:ident| $hook:expr $(,)?) => {
+        $crate::jobs::payload::newtype_kind!(@kind $(#[$doc])* $name($inner) as $type,
+            |$state, $job, $p| $run, {
+                async fn on_success(
+                    &self,
+                    $tx: &mut sqlx::PgConnection,
+                    $st: &$crate::app::AppState,
+                    _job: &$crate::jobs::dispatcher::JobToRun,
+                ) -> sqlx::Result<()> {
+                    let $q = &self.0;
+                    $hook
+                }
+            });
+    };
+    (@kind $(#[$doc:meta])* $name:ident($inner:ty) as $type:ident,
+     |$state:ident, $job:ident, $p:ident| $run:expr, { $($hook:tt)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub $inner);
+
+        impl $crate::jobs::payload::JobKind for $name {
+            const TYPE: $crate::model::JobType = $crate::model::JobType::$type;
+
+            fn refs(&self) -> $crate::jobs::payload::JobRefs {
+                self.0.refs()
+            }
+
+            async fn run(
+                &self,
+                $state: &$crate::app::AppState,
+                $job: &$crate::jobs::dispatcher::JobToRun,
+            ) -> Result<serde_json::Value, $crate::jobs::dispatcher::DispatchError> {
+                let $p = &self.0;
+                $run
+            }
+
+            $($hook)*
+        }
+    };
+}
+pub(crate) use newtype_kind;
 
 /// Builds [`JobPayload`] from `Variant(Type) = "tag"` lines: the serde-tagged enum, its
 /// dispatch to each kind's executor and hook, and `From<Type>` for each.

@@ -186,13 +186,12 @@ async fn retry(
     }
     audit::record(
         &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: "job.retry",
-            client: Some(&client),
-            details: json!({ "jobId": id, "type": job.kind, "lastError": job.last_error }),
-        },
+        Entry::by(
+            &user,
+            &client,
+            "job.retry",
+            json!({ "jobId": id, "type": job.kind, "lastError": job.last_error }),
+        ),
     )
     .await?;
     tx.commit().await?;

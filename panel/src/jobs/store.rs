@@ -203,13 +203,11 @@ pub async fn succeed(
     run.payload.on_success(&mut tx, state, run).await?;
     audit::record(
         &mut tx,
-        Entry {
-            tenant_id: job.tenant_id,
-            user_id: None,
-            action: "job.succeeded",
-            client: None,
-            details: json!({ "jobId": job.id, "type": job.kind, "attempts": job.attempts }),
-        },
+        Entry::system(
+            job.tenant_id,
+            "job.succeeded",
+            json!({ "jobId": job.id, "type": job.kind, "attempts": job.attempts }),
+        ),
     )
     .await?;
     tx.commit().await?;
@@ -293,13 +291,7 @@ pub async fn fail(
             .await?;
             audit::record(
                 &mut tx,
-                Entry {
-                    tenant_id: job.tenant_id,
-                    user_id: None,
-                    action: "job.failed",
-                    client: None,
-                    details: json!({ "jobId": job.id, "type": job.kind, "attempts": job.attempts, "error": error }),
-                },
+                Entry::system(job.tenant_id, "job.failed", json!({ "jobId": job.id, "type": job.kind, "attempts": job.attempts, "error": error })),
             )
             .await?;
             let kind = json!(job.kind);

@@ -15,7 +15,6 @@ use mpanel_protocol::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::PgConnection;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -24,10 +23,10 @@ use crate::{
     app::AppState,
     jobs::{
         dispatcher::{DispatchError, JobToRun},
-        payload::{JobKind, JobRefs},
+        payload::{JobRefs, newtype_kind},
     },
-    model::{JobType, MailStatus},
-    orders::jobs::OrderJob,
+    model::MailStatus,
+    orders::jobs::order_kind,
 };
 
 /// The local part of the mailbox every mail-enabled order starts with.
@@ -39,89 +38,42 @@ fn permanent(message: impl Into<String>) -> DispatchError {
     DispatchError::Permanent(message.into())
 }
 
-/// PROVISION_MAIL for a paid order: the order's first mailbox, its password sealed for the
-/// welcome e-mail.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ProvisionOrderMailbox(pub OrderJob);
-
-impl JobKind for ProvisionOrderMailbox {
-    const TYPE: JobType = JobType::ProvisionMail;
-
-    fn refs(&self) -> JobRefs {
-        self.0.refs()
-    }
-
-    async fn run(&self, state: &AppState, job: &JobToRun) -> Result<Value, DispatchError> {
-        let (domain, domain_id) = self.0.domain()?;
-        provision_first(state, job, domain, domain_id, self.0.order_id).await
-    }
-
-    async fn on_success(
-        &self,
-        tx: &mut PgConnection,
-        state: &AppState,
-        _job: &JobToRun,
-    ) -> sqlx::Result<()> {
-        self.0.succeeded(tx, state).await
-    }
-}
+order_kind!(
+    /// PROVISION_MAIL for a paid order: the order's first mailbox, its password sealed for
+    /// the welcome e-mail.
+    ProvisionOrderMailbox as ProvisionMail,
+    |state, job, order| {
+        let (domain, domain_id) = order.domain()?;
+        provision_first(state, job, domain, domain_id, order.order_id).await
+    },
+);
 
 /// A mailbox with the hash of a password the API made or was given (the clear password
 /// went back to the operator once).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MailboxPassword {
-    pub mail_account_id: Uuid,
-    pub email: EmailAddress,
-    pub domain_id: Uuid,
+    #[serde(flatten)]
+    pub mailbox: MailboxRef,
     pub password_hash: PasswordHash,
-    pub requested_by: Uuid,
 }
 
 impl MailboxPassword {
     fn refs(&self) -> JobRefs {
-        JobRefs {
-            domain_id: Some(self.domain_id),
-            mail_account_id: Some(self.mail_account_id),
-            ..JobRefs::default()
-        }
+        self.mailbox.refs()
     }
 }
 
-/// PROVISION_MAIL asked for by an operator (`POST /api/mail/accounts`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct CreateMailAccount(pub MailboxPassword);
-
-impl JobKind for CreateMailAccount {
-    const TYPE: JobType = JobType::ProvisionMail;
-
-    fn refs(&self) -> JobRefs {
-        self.0.refs()
-    }
-
-    async fn run(&self, state: &AppState, job: &JobToRun) -> Result<Value, DispatchError> {
-        provision_account(state, job, &self.0, false).await
-    }
-}
-
-/// PROVISION_MAIL for a new password (`POST /api/mail/accounts/{id}/reset-password`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ResetMailPassword(pub MailboxPassword);
-
-impl JobKind for ResetMailPassword {
-    const TYPE: JobType = JobType::ProvisionMail;
-
-    fn refs(&self) -> JobRefs {
-        self.0.refs()
-    }
-
-    async fn run(&self, state: &AppState, job: &JobToRun) -> Result<Value, DispatchError> {
-        provision_account(state, job, &self.0, true).await
-    }
-}
+newtype_kind!(
+    /// PROVISION_MAIL asked for by an operator (`POST /api/mail/accounts`).
+    CreateMailAccount(MailboxPassword) as ProvisionMail,
+    |state, job, request| provision_account(state, job, request, false).await,
+);
+newtype_kind!(
+    /// PROVISION_MAIL for a new password (`POST /api/mail/accounts/{id}/reset-password`).
+    ResetMailPassword(MailboxPassword) as ProvisionMail,
+    |state, job, request| provision_account(state, job, request, true).await,
+);
 
 /// The mailbox a disable or enable is about.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,47 +87,22 @@ pub struct MailboxRef {
 
 impl MailboxRef {
     fn refs(&self) -> JobRefs {
-        JobRefs {
-            domain_id: Some(self.domain_id),
-            mail_account_id: Some(self.mail_account_id),
-            ..JobRefs::default()
-        }
+        JobRefs::default()
+            .domain(self.domain_id)
+            .mail_account(self.mail_account_id)
     }
 }
 
-/// SUSPEND_ACCOUNT of a mailbox: it refuses logins (mail is still delivered).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct DisableMailbox(pub MailboxRef);
-
-impl JobKind for DisableMailbox {
-    const TYPE: JobType = JobType::SuspendAccount;
-
-    fn refs(&self) -> JobRefs {
-        self.0.refs()
-    }
-
-    async fn run(&self, state: &AppState, job: &JobToRun) -> Result<Value, DispatchError> {
-        set_enabled(state, job, self.0.mail_account_id, false).await
-    }
-}
-
-/// UNSUSPEND_ACCOUNT of a mailbox: it accepts logins again.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct EnableMailbox(pub MailboxRef);
-
-impl JobKind for EnableMailbox {
-    const TYPE: JobType = JobType::UnsuspendAccount;
-
-    fn refs(&self) -> JobRefs {
-        self.0.refs()
-    }
-
-    async fn run(&self, state: &AppState, job: &JobToRun) -> Result<Value, DispatchError> {
-        set_enabled(state, job, self.0.mail_account_id, true).await
-    }
-}
+newtype_kind!(
+    /// SUSPEND_ACCOUNT of a mailbox: it refuses logins (mail is still delivered).
+    DisableMailbox(MailboxRef) as SuspendAccount,
+    |state, job, mailbox| set_enabled(state, job, mailbox.mail_account_id, false).await,
+);
+newtype_kind!(
+    /// UNSUSPEND_ACCOUNT of a mailbox: it accepts logins again.
+    EnableMailbox(MailboxRef) as UnsuspendAccount,
+    |state, job, mailbox| set_enabled(state, job, mailbox.mail_account_id, true).await,
+);
 
 async fn provision_first(
     state: &AppState,
@@ -275,7 +202,7 @@ async fn provision_account(
     request: &MailboxPassword,
     reset: bool,
 ) -> Result<Value, DispatchError> {
-    let account = load_account(state, job, request.mail_account_id).await?;
+    let account = load_account(state, job, request.mailbox.mail_account_id).await?;
     let hash = request.password_hash.clone();
     let Some((server, _)) = pick_server(state, job.tenant_id, "MAIL").await? else {
         return Err(DispatchError::Retryable(

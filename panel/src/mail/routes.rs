@@ -238,11 +238,13 @@ async fn create(
         return Err(ApiError::Conflict(format!("{} already exists", body.email)));
     };
     let payload = job::CreateMailAccount(job::MailboxPassword {
-        mail_account_id: id,
-        email: body.email.clone(),
-        domain_id,
+        mailbox: job::MailboxRef {
+            mail_account_id: id,
+            email: body.email.clone(),
+            domain_id,
+            requested_by: user.id,
+        },
         password_hash: hash,
-        requested_by: user.id,
     });
     let job = queue_job(
         &mut tx,
@@ -350,11 +352,8 @@ async fn account_job(
             let (hash, generated) = password_for(given).await?;
             made = generated;
             let reset = job::ResetMailPassword(job::MailboxPassword {
-                mail_account_id: mailbox.mail_account_id,
-                email: mailbox.email,
-                domain_id: mailbox.domain_id,
+                mailbox,
                 password_hash: hash,
-                requested_by: mailbox.requested_by,
             });
             (reset.into(), "mail.reset_password")
         }

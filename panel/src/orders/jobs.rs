@@ -82,6 +82,19 @@ impl OrderStep {
     }
 }
 
+/// A job kind of one step of an order: [`OrderJob`] is its payload, and its success may
+/// complete the order. `|state, job, order| body` is its executor.
+macro_rules! order_kind {
+    ($(#[$doc:meta])* $name:ident as $type:ident, |$state:ident, $job:ident, $order:ident| $run:expr $(,)?) => {
+        $crate::jobs::payload::newtype_kind!(
+            $(#[$doc])* $name($crate::orders::jobs::OrderJob) as $type,
+            |$state, $job, $order| $run,
+            on_success = |tx, state, order| order.succeeded(tx, state).await,
+        );
+    };
+}
+pub(crate) use order_kind;
+
 /// The order's facts its jobs need, written once when the order is placed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -101,11 +114,9 @@ pub struct OrderJob {
 
 impl OrderJob {
     pub fn refs(&self) -> JobRefs {
-        JobRefs {
-            domain_id: self.domain_id,
-            subscription_id: Some(self.subscription_id),
-            ..JobRefs::default()
-        }
+        JobRefs::default()
+            .domain(self.domain_id)
+            .subscription(self.subscription_id)
     }
 
     /// The order's domain and its id; an order without one cannot have this job.

@@ -389,16 +389,15 @@ async fn change_status(
     let ended = crate::subscriptions::store::cancel_for_order(&mut tx, id).await?;
     audit::record(
         &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: "order.status",
-            client: Some(&client),
-            details: json!({
+        Entry::by(
+            &user,
+            &client,
+            "order.status",
+            json!({
                 "orderId": id, "from": current.status, "to": body.status,
                 "reason": reason, "subscriptionCancelled": ended,
             }),
-        },
+        ),
     )
     .await?;
     tx.commit().await?;

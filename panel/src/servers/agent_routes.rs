@@ -319,17 +319,16 @@ async fn revoke(
     .await?;
     audit::record(
         &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: "agent.revoke",
-            client: Some(&client),
-            details: json!({
+        Entry::by(
+            &user,
+            &client,
+            "agent.revoke",
+            json!({
                 "agentId": id,
                 "serverId": server_id,
                 "revokedSerials": serials,
             }),
-        },
+        ),
     )
     .await?;
     tx.commit().await?;

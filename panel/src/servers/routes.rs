@@ -73,6 +73,13 @@ fn check_name(name: &str) -> Result<String, ApiError> {
     }
 }
 
+/// A server's name is unique in its tenant.
+const NAME_KEY: &[&str] = &["servers_tenant_id_name_key"];
+
+fn name_taken(name: &str) -> ApiError {
+    ApiError::Conflict(format!("a server named '{name}' already exists"))
+}
+
 fn check_ip(field: &str, value: &str) -> Result<String, ApiError> {
     value
         .trim()
@@ -206,18 +213,15 @@ async fn create(
     .bind(body.is_active.unwrap_or(true))
     .fetch_one(&mut *tx)
     .await
-    .on_constraint(&["servers_tenant_id_name_key"], || {
-        ApiError::Conflict(format!("a server named '{name}' already exists"))
-    })?;
+    .on_constraint(NAME_KEY, || name_taken(&name))?;
     audit::record(
         &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: "server.create",
-            client: Some(&client),
-            details: json!({ "serverId": server.id, "name": name, "role": body.role, "ipAddress": ip }),
-        },
+        Entry::by(
+            &user,
+            &client,
+            "server.create",
+            json!({ "serverId": server.id, "name": name, "role": body.role, "ipAddress": ip }),
+        ),
     )
     .await?;
     tx.commit().await?;
@@ -298,25 +302,21 @@ async fn update(
     .bind(body.is_active)
     .fetch_one(&mut *tx)
     .await
-    .on_constraint(&["servers_tenant_id_name_key"], || {
-        let name = name.as_deref().unwrap_or("");
-        ApiError::Conflict(format!("a server named '{name}' already exists"))
-    })?;
+    .on_constraint(NAME_KEY, || name_taken(name.as_deref().unwrap_or("")))?;
     audit::record(
         &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: "server.update",
-            client: Some(&client),
-            details: json!({
+        Entry::by(
+            &user,
+            &client,
+            "server.update",
+            json!({
                 "serverId": id,
                 "changes": {
                     "name": name, "role": body.role, "ipAddress": ip,
                     "internalIp": internal_ip, "location": location, "isActive": body.is_active,
                 },
             }),
-        },
+        ),
     )
     .await?;
     tx.commit().await?;
@@ -361,13 +361,12 @@ async fn remove(
     .await?;
     audit::record(
         &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: "server.delete",
-            client: Some(&client),
-            details: json!({ "serverId": id, "name": server.name }),
-        },
+        Entry::by(
+            &user,
+            &client,
+            "server.delete",
+            json!({ "serverId": id, "name": server.name }),
+        ),
     )
     .await?;
     tx.commit().await?;

@@ -46,13 +46,11 @@ pub async fn end_cancelled(state: &AppState) -> sqlx::Result<usize> {
     for (id, tenant_id) in &ended {
         audit::record(
             &mut tx,
-            Entry {
-                tenant_id: *tenant_id,
-                user_id: None,
-                action: "subscription.cancelled",
-                client: None,
-                details: json!({ "subscriptionId": id, "reason": "period ended" }),
-            },
+            Entry::system(
+                *tenant_id,
+                "subscription.cancelled",
+                json!({ "subscriptionId": id, "reason": "period ended" }),
+            ),
         )
         .await?;
     }

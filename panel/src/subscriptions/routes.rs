@@ -163,13 +163,7 @@ async fn cancel(
     let updated = find(&mut *tx, user.tenant_id, id).await?;
     audit::record(
         &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: "subscription.cancel",
-            client: Some(&client),
-            details: json!({ "subscriptionId": id, "atPeriodEnd": at_period_end, "periodEnd": updated.current_period_end }),
-        },
+        Entry::by(&user, &client, "subscription.cancel", json!({ "subscriptionId": id, "atPeriodEnd": at_period_end, "periodEnd": updated.current_period_end })),
     )
     .await?;
     tx.commit().await?;

@@ -205,13 +205,12 @@ async fn create(
     .await?;
     audit::record(
         &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: "user.create",
-            client: Some(&client),
-            details: json!({ "userId": created.id, "email": created.email, "role": created.role }),
-        },
+        Entry::by(
+            &user,
+            &client,
+            "user.create",
+            json!({ "userId": created.id, "email": created.email, "role": created.role }),
+        ),
     )
     .await?;
     tx.commit().await?;
@@ -287,19 +286,18 @@ async fn update(
     }
     audit::record(
         &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: "user.update",
-            client: Some(&client),
-            details: json!({
+        Entry::by(
+            &user,
+            &client,
+            "user.update",
+            json!({
                 "userId": id,
                 "changes": {
                     "displayName": display_name, "role": body.role,
                     "isActive": body.is_active, "passwordChanged": hash.is_some(),
                 },
             }),
-        },
+        ),
     )
     .await?;
     tx.commit().await?;
@@ -332,13 +330,12 @@ async fn deactivate(
     let sessions = session::revoke_all_for_user(&mut tx, id, "user deactivated").await?;
     audit::record(
         &mut tx,
-        Entry {
-            tenant_id: user.tenant_id,
-            user_id: Some(user.id),
-            action: "user.deactivate",
-            client: Some(&client),
-            details: json!({ "userId": id, "email": target.email, "sessionsEnded": sessions }),
-        },
+        Entry::by(
+            &user,
+            &client,
+            "user.deactivate",
+            json!({ "userId": id, "email": target.email, "sessionsEnded": sessions }),
+        ),
     )
     .await?;
     tx.commit().await?;

@@ -4,7 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::{
@@ -14,7 +13,7 @@ use crate::{
         payload::{JobKind, JobRefs},
     },
     model::JobType,
-    orders::jobs::OrderJob,
+    orders::jobs::order_kind,
 };
 
 fn unsupported(action: &str) -> DispatchError {
@@ -24,31 +23,11 @@ fn unsupported(action: &str) -> DispatchError {
     ))
 }
 
-/// PROVISION_VPS for a paid order.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ProvisionOrderVps(pub OrderJob);
-
-impl JobKind for ProvisionOrderVps {
-    const TYPE: JobType = JobType::ProvisionVps;
-
-    fn refs(&self) -> JobRefs {
-        self.0.refs()
-    }
-
-    async fn run(&self, _state: &AppState, _job: &JobToRun) -> Result<Value, DispatchError> {
-        Err(unsupported("create"))
-    }
-
-    async fn on_success(
-        &self,
-        tx: &mut PgConnection,
-        state: &AppState,
-        _job: &JobToRun,
-    ) -> sqlx::Result<()> {
-        self.0.succeeded(tx, state).await
-    }
-}
+order_kind!(
+    /// PROVISION_VPS for a paid order.
+    ProvisionOrderVps as ProvisionVps,
+    |_state, _job, _order| Err(unsupported("create")),
+);
 
 /// An operator's action on a VPS instance (`/api/vps/{id}/…`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,10 +44,7 @@ impl JobKind for VpsAction {
     const TYPE: JobType = JobType::ProvisionVps;
 
     fn refs(&self) -> JobRefs {
-        JobRefs {
-            vps_id: Some(self.vps_id),
-            ..JobRefs::default()
-        }
+        JobRefs::default().vps(self.vps_id)
     }
 
     async fn run(&self, _state: &AppState, _job: &JobToRun) -> Result<Value, DispatchError> {
