@@ -238,7 +238,7 @@ async fn the_welcome_email_carries_the_credentials_which_never_rest_in_clear() {
     const EARLIER: &str = "Zq7-first-try-Secret-0815";
     // The relay is down until the e-mail has been composed, so the queued row can be looked at.
     let smtp_port = free_port();
-    // Only the worker started later runs jobs (and the outbox).
+    // Only the worker started later runs jobs (every process runs the outbox).
     let app = spawn(smtp_port, &[("RUN_WORKER", "false")]).await;
     let pool = app.db.pool().await;
     let acme = api::org_with_roles(&app, "acme", &["SUPER_ADMIN"]).await;
@@ -390,6 +390,69 @@ async fn the_welcome_email_carries_the_credentials_which_never_rest_in_clear() {
         !logs.iter().any(|l| l.contains(SECRET)),
         "secret in a log line"
     );
+
+    pool.close().await;
+    app.cleanup().await;
+}
+
+/// `RUN_WORKER=false` turns off the job worker only: the e-mail outbox and subscription
+/// expiry are duties of every panel process.
+#[tokio::test]
+async fn without_a_worker_emails_still_go_and_cancelled_subscriptions_still_end() {
+    let sink = SmtpSink::start().await;
+    let app = spawn(sink.port(), &[("RUN_WORKER", "false")]).await;
+    let pool = app.db.pool().await;
+    let acme = api::org_with_roles(&app, "acme", &["SUPER_ADMIN"]).await;
+    let tenant_id: Uuid = acme.tenant_id.parse().unwrap();
+
+    let job_id = Uuid::new_v4();
+    let mut tx = pool.begin().await.unwrap();
+    notify::queue_job_failed(
+        &mut tx,
+        &sealer(),
+        &config_of(&app),
+        tenant_id,
+        job_id,
+        "PROVISION_DNS",
+        1,
+        "no DNS server",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let received = sink.wait_for_messages(1, WAIT).await;
+    assert!(received[0].text().contains(&job_id.to_string()));
+
+    // A subscription set to end with its period, whose period is over.
+    let root = acme.super_admin().token().to_owned();
+    let offer = hosting_offer(&app, &root, 1).await;
+    let placed = place_order(&app, &order_body("acme", offer.plan_slug())).await;
+    let subscription = str_of(&placed, "subscriptionId").to_owned();
+    sqlx::query(
+        "UPDATE subscriptions SET cancel_at_period_end = true,
+                current_period_end = now() - interval '1 minute'
+          WHERE id = $1::uuid",
+    )
+    .bind(&subscription)
+    .execute(&pool)
+    .await
+    .unwrap();
+    wait_for("the subscription to end with its period", WAIT, || async {
+        let status: String =
+            sqlx::query_scalar("SELECT status::text FROM subscriptions WHERE id = $1::uuid")
+                .bind(&subscription)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        (status == "CANCELLED").then_some(())
+    })
+    .await;
+    let jobs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status <> 'PENDING' OR attempts > 0")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(jobs, 0, "no worker ran a job");
 
     pool.close().await;
     app.cleanup().await;

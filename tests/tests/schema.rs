@@ -1,4 +1,5 @@
-//! The SQL schema in `migrations/` against spec §5 and the conventions of ARCHITECTURE.md.
+//! The SQL schema in `migrations/` against spec §5 and the conventions of
+//! `docs/architecture.md`.
 //!
 //! The migrations run in-process on a fresh database; the catalog is then compared with the
 //! expected schema written out below (every model, field, type, nullability, default, enum
@@ -917,6 +918,231 @@ async fn migrations_apply_twice_without_change() {
         schema_before,
         "the schema did not change"
     );
+
+    pool.close().await;
+    db.cleanup().await;
+}
+
+/// The first migration of typed jobs.
+const TYPED_JOBS: i64 = 20261201000001;
+
+#[tokio::test]
+async fn the_typed_jobs_migration_moves_first_wave_rows() {
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    let mut first_wave = migrator().await;
+    first_wave.migrations = first_wave
+        .migrations
+        .iter()
+        .filter(|m| m.version < TYPED_JOBS)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    first_wave
+        .run(&pool)
+        .await
+        .expect("the first wave's migrations");
+    sqlx::raw_sql(FIXTURE)
+        .execute(&pool)
+        .await
+        .expect("fixture");
+    let id = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, uuid::Uuid>(AssertSqlSafe(format!(
+                "SELECT id FROM {table} LIMIT 1"
+            )))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let (hosting, mail, backup, vps) = (
+        id("hosting_accounts").await,
+        id("mail_accounts").await,
+        id("backup_jobs").await,
+        id("vps_instances").await,
+    );
+    let subscription = id("subscriptions").await;
+    let (tenant, order, domain, zone) = (
+        "00000000-0000-0000-0000-000000000001",
+        "00000000-0000-0000-0000-000000000007",
+        "00000000-0000-0000-0000-000000000008",
+        "00000000-0000-0000-0000-000000000009",
+    );
+    let user = "00000000-0000-0000-0000-000000000002";
+    let hash = "$argon2id$v=19$m=65536,t=3,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
+    let order_payload = serde_json::json!({
+        "orderId": order, "subscriptionId": subscription,
+        "customerId": "00000000-0000-0000-0000-000000000006",
+        "customerEmail": "client@example.com", "domainId": domain, "domain": "example.com",
+        "planId": "00000000-0000-0000-0000-000000000005", "planSlug": "starter-monthly",
+        "productType": "SHARED_HOSTING", "limits": {"emails": 1, "phpVersion": "8.3"},
+    });
+    let mailbox = serde_json::json!({
+        "mailAccountId": mail, "email": "info@example.com", "domainId": domain, "requestedBy": user,
+    });
+    let with = |base: &serde_json::Value, extra: serde_json::Value| {
+        let mut v = base.clone();
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+    // (type, payload as the first wave wrote it, the kind it must get)
+    let rows = [
+        ("PROVISION_DNS", order_payload.clone(), "orderZone"),
+        ("PROVISION_HOSTING", order_payload.clone(), "orderSite"),
+        ("PROVISION_MAIL", order_payload.clone(), "orderMailbox"),
+        (
+            "PROVISION_DNS",
+            serde_json::json!({"zoneId": zone, "domainId": domain,
+            "domain": "example.com", "requestedBy": user}),
+            "syncZone",
+        ),
+        (
+            "PROVISION_HOSTING",
+            serde_json::json!({"domain": "example.com", "domainId": domain,
+            "productType": "SHARED_HOSTING", "limits": {"phpVersion": "8.1"},
+            "requestedBy": user}),
+            "createHostingAccount",
+        ),
+        (
+            "SUSPEND_ACCOUNT",
+            serde_json::json!({"hostingAccountId": hosting,
+            "domain": "example.com", "domainId": domain, "requestedBy": user}),
+            "suspendSite",
+        ),
+        (
+            "TERMINATE_ACCOUNT",
+            serde_json::json!({"hostingAccountId": hosting,
+            "domain": "example.com", "domainId": domain, "requestedBy": user}),
+            "terminateSite",
+        ),
+        (
+            "PROVISION_MAIL",
+            with(&mailbox, serde_json::json!({"passwordHash": hash})),
+            "createMailAccount",
+        ),
+        (
+            "PROVISION_MAIL",
+            with(
+                &mailbox,
+                serde_json::json!({"passwordHash": hash, "reset": true}),
+            ),
+            "resetMailPassword",
+        ),
+        ("SUSPEND_ACCOUNT", mailbox.clone(), "disableMailbox"),
+        ("UNSUSPEND_ACCOUNT", mailbox.clone(), "enableMailbox"),
+        (
+            "PROVISION_VPS",
+            serde_json::json!({"vpsId": vps,
+            "serverId": "00000000-0000-0000-0000-000000000003", "action": "reboot",
+            "requestedBy": user}),
+            "vpsAction",
+        ),
+        (
+            "RUN_BACKUP",
+            serde_json::json!({"backupJobId": backup, "requestedBy": user}),
+            "runBackup",
+        ),
+        // An id of a row that is gone stays out of the typed column.
+        (
+            "RUN_BACKUP",
+            serde_json::json!({"backupJobId": uuid::Uuid::new_v4(),
+            "requestedBy": user}),
+            "runBackup",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (kind, payload, _) in &rows {
+        let id: uuid::Uuid = sqlx::query_scalar(
+            "INSERT INTO jobs (tenant_id, type, payload) VALUES ($1::uuid, $2::job_type, $3)
+             RETURNING id",
+        )
+        .bind(tenant)
+        .bind(kind)
+        .bind(payload)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+
+    migrator()
+        .await
+        .run(&pool)
+        .await
+        .expect("the typed jobs migration");
+
+    type Row = (
+        String,
+        serde_json::Value,
+        Option<uuid::Uuid>,
+        Option<uuid::Uuid>,
+        Option<uuid::Uuid>,
+        Option<uuid::Uuid>,
+        Option<uuid::Uuid>,
+        Option<uuid::Uuid>,
+        Option<uuid::Uuid>,
+    );
+    for (id, (kind, _, expected)) in ids.iter().zip(&rows) {
+        let (
+            stored_type,
+            payload,
+            domain_id,
+            subscription_id,
+            hosting_id,
+            mail_id,
+            zone_id,
+            backup_id,
+            vps_id,
+        ): Row = sqlx::query_as(
+            "SELECT type::text, payload, domain_id, subscription_id, hosting_account_id,
+                        mail_account_id, dns_zone_id, backup_job_id, vps_id
+                   FROM jobs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(payload["kind"], *expected, "{kind}: {payload}");
+        let stored_type: mpanel::model::JobType =
+            serde_json::from_value(serde_json::json!(stored_type)).unwrap();
+        let typed = mpanel::jobs::payload::JobPayload::from_stored(stored_type, payload.clone())
+            .unwrap_or_else(|e| panic!("{expected} does not decode after the migration: {e}"));
+        let refs = typed.refs();
+        let columns = [
+            domain_id,
+            subscription_id,
+            hosting_id,
+            mail_id,
+            zone_id,
+            backup_id,
+            vps_id,
+        ];
+        let from_payload = [
+            refs.domain_id,
+            refs.subscription_id,
+            refs.hosting_account_id,
+            refs.mail_account_id,
+            refs.dns_zone_id,
+            refs.backup_job_id.filter(|b| *b == backup),
+            refs.vps_id,
+        ];
+        assert_eq!(
+            columns, from_payload,
+            "{expected}: the typed columns are the payload's refs"
+        );
+    }
+    let hosting_create: serde_json::Value = sqlx::query_scalar(
+        "SELECT payload FROM jobs WHERE payload->>'kind' = 'createHostingAccount'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(hosting_create["phpVersion"], "8.1", "{hosting_create}");
+    assert!(hosting_create.get("limits").is_none(), "{hosting_create}");
 
     pool.close().await;
     db.cleanup().await;

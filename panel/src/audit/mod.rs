@@ -4,10 +4,26 @@
 
 pub mod routes;
 
+use std::net::IpAddr;
+
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{auth::current::CurrentUser, http::client::ClientMeta};
+use crate::auth::current::CurrentUser;
+
+/// Who made a request: the client IP (as the edge resolved it through trusted proxies) and
+/// the user agent, kept with every audit row and used for login throttling.
+#[derive(Debug, Clone, Default)]
+pub struct ClientMeta {
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+impl ClientMeta {
+    pub fn ip_string(&self) -> Option<String> {
+        self.ip.map(|ip| ip.to_string())
+    }
+}
 
 pub struct Entry<'a> {
     pub tenant_id: Uuid,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::tokens::{hash_token, hashes_match, new_refresh_token, refresh_session_id};
-use crate::{http::client::ClientMeta, model::UserRole};
+use crate::{audit::ClientMeta, model::UserRole};
 
 /// The user a session belongs to, as the token response shows it.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]

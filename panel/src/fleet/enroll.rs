@@ -28,9 +28,8 @@ use uuid::Uuid;
 
 use super::ca::{AGENT_CERT_VALIDITY, AgentCsr, CertificateAuthority, CsrError, SignedCert};
 use crate::{
-    audit::{self, Entry},
+    audit::{self, ClientMeta, Entry},
     auth::tokens::hash_token,
-    http::client::ClientMeta,
     model::ServerRole,
 };
 

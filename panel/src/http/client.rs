@@ -1,5 +1,6 @@
-//! Who is calling, for the audit log and login throttling: the client IP (through trusted
-//! proxies only) and the user agent.
+//! Who is calling, read off the request for the audit log and login throttling: the client
+//! IP (through trusted proxies only) and the user agent. The value itself,
+//! [`ClientMeta`], belongs to `audit` so that layers below the routes need nothing of `http`.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -9,18 +10,7 @@ use axum::{
 };
 
 use crate::app::AppState;
-
-#[derive(Debug, Clone, Default)]
-pub struct ClientMeta {
-    pub ip: Option<IpAddr>,
-    pub user_agent: Option<String>,
-}
-
-impl ClientMeta {
-    pub fn ip_string(&self) -> Option<String> {
-        self.ip.map(|ip| ip.to_string())
-    }
-}
+pub use crate::audit::ClientMeta;
 
 impl FromRequestParts<AppState> for ClientMeta {
     type Rejection = std::convert::Infallible;

@@ -1,9 +1,22 @@
 //! Rules for free-text fields at the edge, each written once: a bad value is a 400 naming
 //! the field, and nothing past the edge sees it.
 
-use mpanel_protocol::messages::Label;
+use mpanel_protocol::{EmailAddress, messages::Label};
 
 use super::error::ApiError;
+use crate::auth::password;
+
+pub fn check_display_name(value: &str) -> Result<String, ApiError> {
+    name::<100>("displayName", value)
+}
+
+pub fn check_email(field: &str, value: &str) -> Result<EmailAddress, ApiError> {
+    EmailAddress::parse(value).map_err(|e| ApiError::field(field, e.to_string()))
+}
+
+pub fn check_password(field: &str, value: &str) -> Result<(), ApiError> {
+    password::check_strength(value).map_err(|e| ApiError::field(field, e))
+}
 
 /// A name shown to people (a tenant, a plan, an operator, a location): trimmed, 1 to `MAX`
 /// characters, no control characters (so it cannot add a line to a log or an e-mail).

@@ -15,19 +15,37 @@ use uuid::Uuid;
 
 use crate::{
     app::AppState,
-    audit::{self, Entry},
+    audit::{self, ClientMeta, Entry},
     catalog::limits::PlanLimits,
     customers,
     domains::{self, store::ClaimError},
-    http::{
-        client::ClientMeta,
-        error::{ApiError, ApiResult},
-    },
     jobs::{self, store},
     model::{BillingInterval, JobType, ProductType},
     orders::jobs::{OrderJob, OrderStep},
     subscriptions::{self, store::NewSubscription},
 };
+
+/// Why a paid order could not be placed; the HTTP edge (`orders::routes`) maps each to its
+/// status and field.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    #[error("stripePaymentIntentId or externalOrderId is required (it makes the order idempotent)")]
+    NoIdempotencyKey,
+    #[error("tenantSlug: no active tenant '{0}'")]
+    UnknownTenant(String),
+    #[error("planSlug: no active plan '{0}' in this tenant")]
+    UnknownPlan(String),
+    #[error("currency: the plan is sold in {plan}, the payment was in {paid}")]
+    Currency { plan: String, paid: Currency },
+    #[error("required for this plan")]
+    DomainRequired,
+    #[error("domain {0} already belongs to another customer")]
+    DomainTaken(DomainName),
+    #[error("order is being created; retry")]
+    InProgress,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
 
 /// A validated paid order, whatever channel it came through.
 #[derive(Debug, Clone)]
@@ -134,12 +152,9 @@ pub async fn place_paid_order(
     state: &AppState,
     order: PaidOrder,
     client: Option<&ClientMeta>,
-) -> ApiResult<PlacedOrder> {
+) -> Result<PlacedOrder, OrderError> {
     if order.stripe_payment_intent_id.is_none() && order.external_order_id.is_none() {
-        return Err(ApiError::field(
-            "stripePaymentIntentId",
-            "stripePaymentIntentId or externalOrderId is required (it makes the order idempotent)",
-        ));
+        return Err(OrderError::NoIdempotencyKey);
     }
     if let Some(found) = existing(&state.db, &order).await? {
         return Ok(found);
@@ -151,10 +166,7 @@ pub async fn place_paid_order(
             .bind(&order.tenant_slug)
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or_else(|| ApiError::Unprocessable {
-                message: format!("tenantSlug: no active tenant '{}'", order.tenant_slug),
-                field: "tenantSlug".into(),
-            })?;
+            .ok_or_else(|| OrderError::UnknownTenant(order.tenant_slug.clone()))?;
     let plan: PlanRow = sqlx::query_as(
         "SELECT pl.id, pl.currency, pl.billing_interval, pl.limits_json, p.type AS product_type
            FROM plans pl JOIN products p ON p.id = pl.product_id
@@ -164,24 +176,15 @@ pub async fn place_paid_order(
     .bind(&order.plan_slug)
     .fetch_optional(&mut *tx)
     .await?
-    .ok_or_else(|| ApiError::Unprocessable {
-        message: format!(
-            "planSlug: no active plan '{}' in this tenant",
-            order.plan_slug
-        ),
-        field: "planSlug".into(),
-    })?;
+    .ok_or_else(|| OrderError::UnknownPlan(order.plan_slug.clone()))?;
     if plan.currency != order.currency.as_str() {
-        return Err(ApiError::Unprocessable {
-            message: format!(
-                "currency: the plan is sold in {}, the payment was in {}",
-                plan.currency, order.currency
-            ),
-            field: "currency".into(),
+        return Err(OrderError::Currency {
+            plan: plan.currency,
+            paid: order.currency,
         });
     }
     if order.domain.is_none() && needs_domain(plan.product_type) {
-        return Err(ApiError::field("metadata.domain", "required for this plan"));
+        return Err(OrderError::DomainRequired);
     }
     let limits = PlanLimits::from_stored(plan.limits_json.as_ref());
 
@@ -216,7 +219,7 @@ pub async fn place_paid_order(
         tx.rollback().await?;
         return existing(&state.db, &order)
             .await?
-            .ok_or_else(|| ApiError::Conflict("order is being created; retry".into()));
+            .ok_or(OrderError::InProgress);
     };
 
     let domain_id = match &order.domain {
@@ -224,8 +227,8 @@ pub async fn place_paid_order(
             domains::store::claim_for_order(&mut tx, tenant_id, customer_id, domain)
                 .await
                 .map_err(|e| match e {
-                    ClaimError::Taken(_) => ApiError::Conflict(e.to_string()),
-                    ClaimError::Db(e) => e.into(),
+                    ClaimError::Taken(name) => OrderError::DomainTaken(name),
+                    ClaimError::Db(e) => OrderError::Db(e),
                 })?,
         ),
         None => None,

@@ -26,7 +26,7 @@ use crate::{
 };
 use crate::{
     http::openapi::{Errors, ListParams},
-    users::routes::check_email,
+    http::validate::check_email,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -140,6 +140,25 @@ fn reference(field: &str, value: Option<String>) -> ApiResult<Option<String>> {
             ))
         }
         other => Ok(other),
+    }
+}
+
+impl From<placing::OrderError> for ApiError {
+    fn from(e: placing::OrderError) -> ApiError {
+        use placing::OrderError as E;
+        let unprocessable = |field: &str, e: &E| ApiError::Unprocessable {
+            message: e.to_string(),
+            field: field.into(),
+        };
+        match e {
+            E::NoIdempotencyKey => ApiError::field("stripePaymentIntentId", e.to_string()),
+            E::UnknownTenant(_) => unprocessable("tenantSlug", &e),
+            E::UnknownPlan(_) => unprocessable("planSlug", &e),
+            E::Currency { .. } => unprocessable("currency", &e),
+            E::DomainRequired => ApiError::field("metadata.domain", e.to_string()),
+            E::DomainTaken(_) | E::InProgress => ApiError::Conflict(e.to_string()),
+            E::Db(e) => e.into(),
+        }
     }
 }
 

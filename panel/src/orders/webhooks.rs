@@ -26,7 +26,7 @@ use crate::{
     },
     orders::place::{PaidOrder, place_paid_order},
 };
-use crate::{http::openapi::Errors, users::routes::check_email};
+use crate::{http::openapi::Errors, http::validate::check_email};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(stripe_event))
@@ -134,7 +134,9 @@ async fn stripe_event(
     }
 
     let placed = match paid_order_from_intent(&event.data.object) {
-        Ok(order) => place_paid_order(&state, order, Some(&client)).await,
+        Ok(order) => place_paid_order(&state, order, Some(&client))
+            .await
+            .map_err(ApiError::from),
         Err(e) => Err(e),
     };
     match placed {

@@ -20,13 +20,13 @@ use crate::{
         error::{ApiError, ApiResult},
         extract::{ApiJson, IdPath},
         list::{ListQuery, Page, fetch_page},
-        validate::{self, OnConstraint},
+        validate::{self, OnConstraint, check_display_name, check_email, check_password},
     },
     model::UserRole,
 };
 use crate::{
     http::openapi::{Errors, ListParams},
-    users::routes::{self as users, User, check_display_name, check_email, check_password},
+    users::store::{self as users, User},
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -223,8 +223,7 @@ async fn create(
     let admin = match admin {
         Some((email, display_name, password, role)) => {
             let created =
-                users::insert_user(&mut tx, tenant.id, &email, &display_name, role, password)
-                    .await?;
+                users::insert(&mut tx, tenant.id, &email, &display_name, role, password).await?;
             audit_tenant(
                 &mut tx,
                 &user,

@@ -3,14 +3,13 @@
 //! deactivates or demotes themselves (the last admin cannot lock the tenant out by mistake).
 
 use axum::{Json, extract::State, http::StatusCode};
-use chrono::{DateTime, Utc};
-use mpanel_protocol::EmailAddress;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use super::store::{self, COLUMNS, User};
 use crate::http::openapi::{Errors, ListParams};
 use crate::{
     app::AppState,
@@ -26,7 +25,7 @@ use crate::{
         error::{ApiError, ApiResult},
         extract::{ApiJson, IdPath},
         list::{ListQuery, Page, fetch_page},
-        validate::{self, OnConstraint},
+        validate::{check_display_name, check_email, check_password},
     },
     model::UserRole,
 };
@@ -35,35 +34,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
         .routes(routes!(detail, update, deactivate))
-}
-
-#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct User {
-    pub id: Uuid,
-    pub tenant_id: Uuid,
-    pub email: String,
-    pub display_name: String,
-    pub role: UserRole,
-    pub is_active: bool,
-    pub last_login_at: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-pub const COLUMNS: &str =
-    "id, tenant_id, email, display_name, role, is_active, last_login_at, created_at, updated_at";
-
-pub fn check_display_name(value: &str) -> Result<String, ApiError> {
-    validate::name::<100>("displayName", value)
-}
-
-pub fn check_email(field: &str, value: &str) -> Result<EmailAddress, ApiError> {
-    EmailAddress::parse(value).map_err(|e| ApiError::field(field, e.to_string()))
-}
-
-pub fn check_password(field: &str, value: &str) -> Result<(), ApiError> {
-    password::check_strength(value).map_err(|e| ApiError::field(field, e))
 }
 
 /// Only a SUPER_ADMIN may hand out, or touch an account holding, SUPER_ADMIN.
@@ -76,32 +46,13 @@ fn guard_super_admin(actor: &CurrentUser, role: UserRole) -> ApiResult<()> {
     Ok(())
 }
 
-/// Hashes off the async workers and maps the unique e-mail to 409.
-pub async fn insert_user(
-    conn: &mut sqlx::PgConnection,
-    tenant_id: Uuid,
-    email: &EmailAddress,
-    display_name: &str,
-    role: UserRole,
-    password: String,
-) -> ApiResult<User> {
-    let hash = tokio::task::spawn_blocking(move || password::hash(&password))
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))??;
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO users (tenant_id, email, password_hash, display_name, role)
-         VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
-    )))
-    .bind(tenant_id)
-    .bind(email.as_str())
-    .bind(hash)
-    .bind(display_name)
-    .bind(role)
-    .fetch_one(conn)
-    .await
-    .on_constraint(&["users_email_key"], || {
-        ApiError::Conflict(format!("a user with e-mail {email} already exists"))
-    })
+impl From<store::InsertError> for ApiError {
+    fn from(e: store::InsertError) -> ApiError {
+        match e {
+            store::InsertError::EmailTaken(_) => ApiError::Conflict(e.to_string()),
+            store::InsertError::Other(e) => ApiError::Internal(e),
+        }
+    }
 }
 
 #[derive(Deserialize, Default, IntoParams)]
@@ -194,7 +145,7 @@ async fn create(
     guard_super_admin(&user, body.role)?;
 
     let mut tx = state.db.begin().await?;
-    let created = insert_user(
+    let created = store::insert(
         &mut tx,
         user.tenant_id,
         &email,
