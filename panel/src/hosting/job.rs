@@ -21,7 +21,7 @@ use crate::{
     domains,
     jobs::{
         dispatcher::{DispatchError, JobToRun},
-        payload::{JobKind, JobRefs, newtype_kind},
+        payload::{JobKind, JobRefs, SharedPayload, newtype_kind},
     },
     model::{HostingStatus, JobType},
     orders::jobs::order_kind,
@@ -96,7 +96,7 @@ pub struct SiteRef {
     pub requested_by: Uuid,
 }
 
-impl SiteRef {
+impl SharedPayload for SiteRef {
     fn refs(&self) -> JobRefs {
         JobRefs::default()
             .domain(self.domain_id)

@@ -100,6 +100,12 @@ pub trait JobKind:
         job: &JobToRun,
     ) -> impl Future<Output = Result<Value, DispatchError>> + Send;
 
+    /// The payload as operators see it (`GET /api/jobs`): what is stored, less any secret
+    /// (a password hash travels to the agent but is nobody's business in the API).
+    fn public_view(&self) -> Value {
+        serde_json::to_value(self).expect("job payloads always serialize")
+    }
+
     /// Bookkeeping inside the transaction that records the job's success (whatever ran it,
     /// the fleet or the simulate dispatcher).
     fn on_success(
@@ -109,6 +115,16 @@ pub trait JobKind:
         _job: &JobToRun,
     ) -> impl Future<Output = sqlx::Result<()>> + Send {
         async { Ok(()) }
+    }
+}
+
+/// A payload several kinds share (see [`newtype_kind!`]): the rows it is about, and how
+/// operators see it.
+pub trait SharedPayload: Serialize {
+    fn refs(&self) -> JobRefs;
+
+    fn public_view(&self) -> Value {
+        serde_json::to_value(self).expect("job payloads always serialize")
     }
 }
 
@@ -151,7 +167,11 @@ macro_rules! newtype_kind {
             const TYPE: $crate::model::JobType = $crate::model::JobType::$type;
 
             fn refs(&self) -> $crate::jobs::payload::JobRefs {
-                self.0.refs()
+                $crate::jobs::payload::SharedPayload::refs(&self.0)
+            }
+
+            fn public_view(&self) -> serde_json::Value {
+                $crate::jobs::payload::SharedPayload::public_view(&self.0)
             }
 
             async fn run(
@@ -196,6 +216,16 @@ macro_rules! job_kinds {
             pub fn refs(&self) -> $crate::jobs::payload::JobRefs {
                 use $crate::jobs::payload::JobKind;
                 match self { $(Self::$variant(p) => p.refs(),)+ }
+            }
+
+            /// What `GET /api/jobs` shows: the stored payload (with its `kind`) less secrets.
+            pub fn public_view(&self) -> serde_json::Value {
+                use $crate::jobs::payload::JobKind;
+                let (mut view, kind) = match self { $(Self::$variant(p) => (p.public_view(), $tag),)+ };
+                if let serde_json::Value::Object(fields) = &mut view {
+                    fields.insert("kind".to_owned(), kind.into());
+                }
+                view
             }
 
             pub async fn run(

@@ -19,7 +19,7 @@ use crate::{
         extract::IdPath,
         list::{ListQuery, Page, fetch_page},
     },
-    jobs::{self, store},
+    jobs::{self, payload::JobPayload, store},
     model::{JobStatus, JobType},
 };
 
@@ -110,16 +110,18 @@ async fn list(
     let mut page: Page<Job> =
         fetch_page(&state.db, COLUMNS, &from_where, &order, query.window, args).await?;
     for job in &mut page.items {
-        redact(&mut job.payload);
+        redact(job.kind, &mut job.payload);
     }
     Ok(Json(page))
 }
 
-/// Password hashes travel in mail jobs' payloads to the agent; operators never need them.
-fn redact(payload: &mut Value) {
-    if let Some(hash) = payload.get_mut("passwordHash") {
-        *hash = json!("***");
-    }
+/// What operators see of a stored payload: the payload type's own public view (password
+/// hashes travel to the agent, never to the API). A row that no longer decodes (its job has
+/// failed for it) shows an empty object: what it holds is unknown, so it is not shown.
+fn redact(kind: JobType, payload: &mut Value) {
+    *payload = JobPayload::from_stored(kind, payload.take())
+        .map(|p| p.public_view())
+        .unwrap_or_else(|_| json!({}));
 }
 
 async fn find(db: impl sqlx::PgExecutor<'_>, tenant: Uuid, id: Uuid) -> ApiResult<Job> {
@@ -150,7 +152,7 @@ async fn detail(
     IdPath(id): IdPath,
 ) -> ApiResult<Json<JobDetail>> {
     let mut job = find(&state.db, user.tenant_id, id).await?;
-    redact(&mut job.payload);
+    redact(job.kind, &mut job.payload);
     let logs: Vec<JobLog> = sqlx::query_as(
         "SELECT id, from_status, to_status, message, details, created_at
            FROM job_logs WHERE job_id = $1 ORDER BY created_at, id",

@@ -23,7 +23,7 @@ use crate::{
     app::AppState,
     jobs::{
         dispatcher::{DispatchError, JobToRun},
-        payload::{JobRefs, newtype_kind},
+        payload::{JobRefs, SharedPayload, newtype_kind},
     },
     model::MailStatus,
     orders::jobs::order_kind,
@@ -58,9 +58,25 @@ pub struct MailboxPassword {
     pub password_hash: PasswordHash,
 }
 
-impl MailboxPassword {
+impl SharedPayload for MailboxPassword {
     fn refs(&self) -> JobRefs {
         self.mailbox.refs()
+    }
+
+    /// The hash is for the mail server only.
+    fn public_view(&self) -> Value {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Public<'a> {
+            #[serde(flatten)]
+            mailbox: &'a MailboxRef,
+            password_hash: &'static str,
+        }
+        serde_json::to_value(Public {
+            mailbox: &self.mailbox,
+            password_hash: "***",
+        })
+        .expect("job payloads always serialize")
     }
 }
 
@@ -85,7 +101,7 @@ pub struct MailboxRef {
     pub requested_by: Uuid,
 }
 
-impl MailboxRef {
+impl SharedPayload for MailboxRef {
     fn refs(&self) -> JobRefs {
         JobRefs::default()
             .domain(self.domain_id)

@@ -17,7 +17,7 @@ use crate::{
     hosting::job::ProvisionOrderSite,
     jobs::{
         dispatcher::DispatchError,
-        payload::{JobPayload, JobRefs},
+        payload::{JobPayload, JobRefs, SharedPayload},
     },
     mail::job::ProvisionOrderMailbox,
     model::{JobType, ProductType},
@@ -112,13 +112,15 @@ pub struct OrderJob {
     pub limits: PlanLimits,
 }
 
-impl OrderJob {
-    pub fn refs(&self) -> JobRefs {
+impl SharedPayload for OrderJob {
+    fn refs(&self) -> JobRefs {
         JobRefs::default()
             .domain(self.domain_id)
             .subscription(self.subscription_id)
     }
+}
 
+impl OrderJob {
     /// The order's domain and its id; an order without one cannot have this job.
     pub fn domain(&self) -> Result<(&DomainName, Uuid), DispatchError> {
         match (&self.domain, self.domain_id) {
