@@ -535,3 +535,21 @@ pub async fn sigterm(child: &mut Child) -> std::process::ExitStatus {
         .expect("exited within 20s of SIGTERM")
         .expect("wait for child")
 }
+
+/// Waits until subscription `id` has `status`; panics with the last status at the deadline.
+pub async fn wait_subscription(pool: &PgPool, id: &str, status: &str, within: Duration) {
+    wait_for(
+        &format!("subscription {id} to be {status}"),
+        within,
+        || async {
+            let now: String =
+                sqlx::query_scalar("SELECT status::text FROM subscriptions WHERE id = $1::uuid")
+                    .bind(id)
+                    .fetch_one(pool)
+                    .await
+                    .expect("read the subscription");
+            (now == status).then_some(())
+        },
+    )
+    .await;
+}

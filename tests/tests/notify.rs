@@ -102,6 +102,26 @@ fn count_logged(lines: &[String], message: &str) -> usize {
         .count()
 }
 
+/// Queues the "job failed" e-mail of a made-up job of `tenant` as the worker does; its id.
+async fn queue_failure_email(app: &TestApp, pool: &PgPool, tenant: Uuid) -> Uuid {
+    let job_id = Uuid::new_v4();
+    let mut tx = pool.begin().await.unwrap();
+    notify::queue_job_failed(
+        &mut tx,
+        &sealer(),
+        &config_of(app),
+        tenant,
+        job_id,
+        "PROVISION_MAIL",
+        3,
+        "the mail server's agent is offline",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    job_id
+}
+
 /// One outbound_emails row as the tests look at it.
 #[derive(Debug, sqlx::FromRow)]
 struct Outbound {
@@ -405,21 +425,7 @@ async fn without_a_worker_emails_still_go_and_cancelled_subscriptions_still_end(
     let acme = api::org_with_roles(&app, "acme", &["SUPER_ADMIN"]).await;
     let tenant_id: Uuid = acme.tenant_id.parse().unwrap();
 
-    let job_id = Uuid::new_v4();
-    let mut tx = pool.begin().await.unwrap();
-    notify::queue_job_failed(
-        &mut tx,
-        &sealer(),
-        &config_of(&app),
-        tenant_id,
-        job_id,
-        "PROVISION_DNS",
-        1,
-        "no DNS server",
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    let job_id = queue_failure_email(&app, &pool, tenant_id).await;
     let received = sink.wait_for_messages(1, WAIT).await;
     assert!(received[0].text().contains(&job_id.to_string()));
 
@@ -437,16 +443,7 @@ async fn without_a_worker_emails_still_go_and_cancelled_subscriptions_still_end(
     .execute(&pool)
     .await
     .unwrap();
-    wait_for("the subscription to end with its period", WAIT, || async {
-        let status: String =
-            sqlx::query_scalar("SELECT status::text FROM subscriptions WHERE id = $1::uuid")
-                .bind(&subscription)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        (status == "CANCELLED").then_some(())
-    })
-    .await;
+    selling::wait_subscription(&pool, &subscription, "CANCELLED", WAIT).await;
     let jobs: i64 =
         sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status <> 'PENDING' OR attempts > 0")
             .fetch_one(&pool)
@@ -465,22 +462,7 @@ async fn an_email_waits_out_a_relay_outage_and_a_restart_then_goes_once() {
     let pool = app.db.pool().await;
     let acme = api::org_with_roles(&app, "acme", &["SUPER_ADMIN"]).await;
     let tenant_id: Uuid = acme.tenant_id.parse().unwrap();
-    let job_id = Uuid::new_v4();
-
-    let mut tx = pool.begin().await.unwrap();
-    notify::queue_job_failed(
-        &mut tx,
-        &sealer(),
-        &config_of(&app),
-        tenant_id,
-        job_id,
-        "PROVISION_MAIL",
-        3,
-        "the mail server's agent is offline",
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    let job_id = queue_failure_email(&app, &pool, tenant_id).await;
 
     // Nothing listens on the relay's port: attempts are counted, the e-mail stays PENDING.
     let failing = wait_for("two failed delivery attempts", WAIT, || async {
