@@ -617,3 +617,31 @@ async fn public_catalog_shows_active_items_without_internal_fields() {
 
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn two_tenants_each_have_a_product_with_the_same_slug() {
+    let app = TestApp::spawn().await;
+    let acme = api::org_with_roles(&app, "acme", &["SUPER_ADMIN"]).await;
+    let globex = api::org_with_roles(&app, "globex", &["SUPER_ADMIN"]).await;
+    let body = |name: &str| {
+        let mut b = product_body("SHARED_HOSTING");
+        b["slug"] = json!("shared");
+        b["name"] = json!(name);
+        b
+    };
+    for org in [&acme, &globex] {
+        let made = authed(&app, org.super_admin().token())
+            .post("/api/products", &body("Shared"))
+            .await
+            .expect(201);
+        assert_eq!(made["slug"], "shared");
+        assert_eq!(made["tenantId"], org.tenant_id.as_str());
+    }
+    // Within one tenant the slug is still taken.
+    authed(&app, acme.super_admin().token())
+        .post("/api/products", &body("Shared again"))
+        .await
+        .assert_error(409, "conflict");
+
+    app.cleanup().await;
+}

@@ -2106,3 +2106,89 @@ async fn every_route_of_the_openapi_document_is_in_the_matrix() {
     }
     app.cleanup().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Retrying a job needs what creating it needs
+// ---------------------------------------------------------------------------------------------
+
+/// A FAILED job of `kind` stored as the panel stores it, with `payload`.
+async fn failed_job(pool: &PgPool, tenant: &str, kind: &str, payload: Value) -> String {
+    let id: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO jobs (tenant_id, type, payload, status, attempts, last_error)
+         VALUES ($1::uuid, $2::job_type, $3, 'FAILED', 5, 'the agent is offline') RETURNING id",
+    )
+    .bind(tenant)
+    .bind(kind)
+    .bind(payload)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    id.to_string()
+}
+
+async fn job_status(pool: &PgPool, id: &str) -> String {
+    sqlx::query_scalar("SELECT status::text FROM jobs WHERE id = $1::uuid")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn support_cannot_retry_a_termination_but_can_retry_a_suspension() {
+    let app = TestApp::spawn().await;
+    let pool = app.db.pool().await;
+    let org = api::org_with_roles(&app, "acme", &["SUPER_ADMIN", "ADMIN", "SUPPORT"]).await;
+    let admin = org.by_role("ADMIN");
+    let site = json!({
+        "hostingAccountId": uuid::Uuid::new_v4(), "domain": "example.com",
+        "domainId": uuid::Uuid::new_v4(), "requestedBy": admin.id,
+    });
+    let mut terminate = site.clone();
+    terminate["kind"] = json!("terminateSite");
+    let mut suspend = site;
+    suspend["kind"] = json!("suspendSite");
+    let terminate = failed_job(&pool, &org.tenant_id, "TERMINATE_ACCOUNT", terminate).await;
+    let suspend = failed_job(&pool, &org.tenant_id, "SUSPEND_ACCOUNT", suspend).await;
+
+    let support = authed(&app, org.by_role("SUPPORT").token());
+    let refused = support
+        .post(&format!("/api/jobs/{terminate}/retry"), &json!({}))
+        .await;
+    refused.assert_error(403, "forbidden");
+    assert!(
+        refused.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("terminate hosting accounts")),
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        job_status(&pool, &terminate).await,
+        "FAILED",
+        "nothing changed"
+    );
+    let logs: i64 = sqlx::query_scalar("SELECT count(*) FROM job_logs WHERE job_id = $1::uuid")
+        .bind(&terminate)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(logs, 0, "no retry was logged");
+
+    support
+        .post(&format!("/api/jobs/{suspend}/retry"), &json!({}))
+        .await
+        .expect(202);
+    authed(&app, admin.token())
+        .post(&format!("/api/jobs/{terminate}/retry"), &json!({}))
+        .await
+        .expect(202);
+    assert_ne!(
+        job_status(&pool, &terminate).await,
+        "FAILED",
+        "the ADMIN's retry took"
+    );
+
+    pool.close().await;
+    app.cleanup().await;
+}

@@ -655,7 +655,7 @@ const REJECTED: &[(&str, &str, &str)] = &[
         CHECK_VIOLATION,
     ),
     (
-        "duplicate products.slug",
+        "duplicate products (tenant_id, slug)",
         "INSERT INTO products (tenant_id, name, slug, type)
          VALUES ('00000000-0000-0000-0000-000000000001', 'Other', 'shared-hosting', 'VPS')",
         UNIQUE_VIOLATION,

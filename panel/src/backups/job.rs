@@ -25,6 +25,7 @@ use uuid::Uuid;
 use crate::jobs::agent::{db_error, pick_server, run_on_within, set_job_server};
 use crate::{
     app::AppState,
+    auth::permissions::Action,
     jobs::{
         dispatcher::{DispatchError, JobToRun},
         payload::{JobKind, JobRefs},
@@ -61,6 +62,10 @@ pub struct RunBackup {
 
 impl JobKind for RunBackup {
     const TYPE: JobType = JobType::RunBackup;
+
+    fn requires(&self) -> Option<Action> {
+        Some(Action::BackupsRun)
+    }
 
     fn refs(&self) -> JobRefs {
         JobRefs::default().backup_job(self.backup_job_id)

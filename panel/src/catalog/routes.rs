@@ -88,7 +88,7 @@ pub struct Plan {
 }
 
 /// The unique slugs of products and plans.
-const SLUG_KEYS: &[&str] = &["products_slug_key", "plans_tenant_id_slug_key"];
+const SLUG_KEYS: &[&str] = &["products_tenant_id_slug_key", "plans_tenant_id_slug_key"];
 
 const PLAN_COLUMNS: &str = "id, tenant_id, product_id, name, slug, price_monthly_cents, \
      price_yearly_cents, currency, billing_interval, is_popular, is_active, limits_json, \

@@ -16,6 +16,7 @@ use super::store::{self, StoredRecordsError};
 use crate::jobs::agent::{db_error, pick_server, run_on, set_job_server};
 use crate::{
     app::AppState,
+    auth::permissions::Action,
     jobs::{
         dispatcher::{DispatchError, JobToRun},
         payload::{JobKind, JobRefs},
@@ -49,6 +50,10 @@ pub struct SyncZone {
 
 impl JobKind for SyncZone {
     const TYPE: JobType = JobType::ProvisionDns;
+
+    fn requires(&self) -> Option<Action> {
+        Some(Action::DnsSync)
+    }
 
     fn refs(&self) -> JobRefs {
         JobRefs::default()

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::jobs::agent::{db_error, run_on, set_job_server};
 use crate::{
     app::AppState,
+    auth::permissions::Action,
     domains,
     jobs::{
         dispatcher::{DispatchError, JobToRun},
@@ -70,6 +71,10 @@ pub struct CreateHostingAccount {
 impl JobKind for CreateHostingAccount {
     const TYPE: JobType = JobType::ProvisionHosting;
 
+    fn requires(&self) -> Option<Action> {
+        Some(Action::HostingWrite)
+    }
+
     fn refs(&self) -> JobRefs {
         JobRefs::default().domain(self.domain_id)
     }
@@ -106,17 +111,17 @@ impl SharedPayload for SiteRef {
 
 newtype_kind!(
     /// SUSPEND_ACCOUNT of a site: nginx serves the suspended page, PHP stops.
-    SuspendSite(SiteRef) as SuspendAccount,
+    SuspendSite(SiteRef) as SuspendAccount, requires HostingSuspend,
     |state, job, site| account_action(state, job, site.hosting_account_id, AccountAction::Suspend).await,
 );
 newtype_kind!(
     /// UNSUSPEND_ACCOUNT of a site: served again.
-    UnsuspendSite(SiteRef) as UnsuspendAccount,
+    UnsuspendSite(SiteRef) as UnsuspendAccount, requires HostingSuspend,
     |state, job, site| account_action(state, job, site.hosting_account_id, AccountAction::Unsuspend).await,
 );
 newtype_kind!(
     /// TERMINATE_ACCOUNT: the site archived and removed, its system user deleted.
-    TerminateSite(SiteRef) as TerminateAccount,
+    TerminateSite(SiteRef) as TerminateAccount, requires HostingTerminate,
     |state, job, site| account_action(state, job, site.hosting_account_id, AccountAction::Terminate).await,
 );
 

@@ -43,6 +43,7 @@ where
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    refuse_nul_in_json(bytes)?;
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();
@@ -71,6 +72,56 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+const NUL_REFUSED: &str = "must not contain NUL characters";
+
+/// No text the API takes may hold a NUL character (PostgreSQL stores none, and no name,
+/// address or note needs one): a body with one is refused naming the field. JSON can only
+/// spell NUL as the escape `\u0000`, so bodies without that sequence are not looked at again.
+fn refuse_nul_in_json(bytes: &[u8]) -> Result<(), ApiError> {
+    if !bytes.windows(6).any(|w| w == b"\\u0000") {
+        return Ok(());
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Ok(()); // malformed: the deserializer says so
+    };
+    match nul_path(&value, String::new()) {
+        Some(path) => Err(ApiError::field(
+            if path.is_empty() {
+                "body".to_owned()
+            } else {
+                path
+            },
+            NUL_REFUSED,
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The path (`customer.fullName`, `items[2]`) of the first key or string holding NUL.
+fn nul_path(value: &serde_json::Value, at: String) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Some(at),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_path(v, format!("{at}[{i}]"))),
+        Value::Object(fields) => fields.iter().find_map(|(k, v)| {
+            let path = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            if k.contains('\0') {
+                Some(path)
+            } else {
+                nul_path(v, path)
+            }
+        }),
+        _ => None,
+    }
+}
+
 /// A query string. Unknown or mistyped parameters answer 400 naming the parameter.
 pub struct ApiQuery<T>(pub T);
 
@@ -84,7 +135,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
 impl<T: DeserializeOwned> ApiQuery<T> {
     pub fn parse(query: &str) -> Result<ApiQuery<T>, ApiError> {
-        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        let pairs = form_urlencoded::parse(query.as_bytes());
+        if let Some((name, _)) = pairs
+            .clone()
+            .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return Err(ApiError::field(name.replace('\0', ""), NUL_REFUSED));
+        }
+        let de = serde_urlencoded::Deserializer::new(pairs);
         serde_path_to_error::deserialize(de)
             .map(ApiQuery)
             .map_err(|err| {
@@ -131,6 +189,24 @@ fn body_rejection(rejection: BytesRejection) -> ApiError {
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn nul_is_refused_naming_the_field() {
+        let err = parse_json::<serde_json::Value>(br#"{"customer":{"fullName":"a\u0000b"}}"#)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "customer.fullName: must not contain NUL characters"
+        );
+        let err = parse_json::<serde_json::Value>(br#"{"items":["ok","\u0000"]}"#).unwrap_err();
+        assert_eq!(err.to_string(), "items[1]: must not contain NUL characters");
+        let ok: serde_json::Value = parse_json(br#"{"escaped":"\\u0000"}"#).unwrap();
+        assert_eq!(ok["escaped"], "\\u0000");
+        let err = ApiQuery::<serde_json::Value>::parse("tenant=a%00b")
+            .err()
+            .unwrap();
+        assert_eq!(err.to_string(), "tenant: must not contain NUL characters");
+    }
 
     #[derive(Debug, Deserialize)]
     #[allow(dead_code)]

@@ -26,6 +26,18 @@ pub fn name<const MAX: usize>(field: &str, value: &str) -> Result<String, ApiErr
         .map_err(|_| ApiError::field(field, format!("1-{MAX} characters, no control characters")))
 }
 
+/// An optional single-line value (a customer's name or phone): absent when empty, else as
+/// [`name`].
+pub fn optional_line<const MAX: usize>(
+    field: &str,
+    value: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(v) => name::<MAX>(field, v).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// Maps a unique (or other) constraint violation of the given constraints to `error`; every
 /// other database error stays an internal one.
 pub trait OnConstraint<T> {

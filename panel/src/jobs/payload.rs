@@ -17,7 +17,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::dispatcher::{DispatchError, JobToRun};
-use crate::{app::AppState, model::JobType};
+use crate::{app::AppState, auth::permissions::Action, model::JobType};
 
 /// The rows a job is about: the typed, indexed columns of `jobs` that queries filter on.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +100,12 @@ pub trait JobKind:
         job: &JobToRun,
     ) -> impl Future<Output = Result<Value, DispatchError>> + Send;
 
+    /// The permission an operator needs beyond `JobsRetry` to run this job again: the one
+    /// that creating it needs (`None`: retrying it is routine, e.g. an order's provisioning).
+    fn requires(&self) -> Option<Action> {
+        None
+    }
+
     /// The payload as operators see it (`GET /api/jobs`): what is stored, less any secret
     /// (a password hash travels to the agent but is nobody's business in the API).
     fn public_view(&self) -> Value {
@@ -130,15 +136,20 @@ pub trait SharedPayload: Serialize {
 
 /// A job kind that wraps a payload other kinds share (an order's [`OrderJob`], a site or
 /// mailbox reference): stored as the inner payload, its refs the inner's `refs()`.
+/// `requires Perm` names the permission that creating it needs (asked again to retry it),
 /// `|state, job, inner| body` is its executor; `on_success = |tx, state, inner| body`
-/// optionally its success hook.
+/// optionally its success hook (an order's kinds, which need no permission beyond retrying).
 ///
 /// [`OrderJob`]: crate::orders::jobs::OrderJob
 macro_rules! newtype_kind {
-    ($(#[$doc:meta])* $name:ident($inner:ty) as $type:ident,
+    ($(#[$doc:meta])* $name:ident($inner:ty) as $type:ident, requires $perm:ident,
      |$state:ident, $job:ident, $p:ident| $run:expr $(,)?) => {
         $crate::jobs::payload::newtype_kind!(@kind $(#[$doc])* $name($inner) as $type,
-            |$state, $job, $p| $run, {});
+            |$state, $job, $p| $run, {
+                fn requires(&self) -> Option<$crate::auth::permissions::Action> {
+                    Some($crate::auth::permissions::Action::$perm)
+                }
+            });
     };
     ($(#[$doc:meta])* $name:ident($inner:ty) as $type:ident,
      |$state:ident, $job:ident, $p:ident| $run:expr,
@@ -216,6 +227,12 @@ macro_rules! job_kinds {
             pub fn refs(&self) -> $crate::jobs::payload::JobRefs {
                 use $crate::jobs::payload::JobKind;
                 match self { $(Self::$variant(p) => p.refs(),)+ }
+            }
+
+            /// The permission needed, beyond `JobsRetry`, to run the job again.
+            pub fn requires(&self) -> Option<$crate::auth::permissions::Action> {
+                use $crate::jobs::payload::JobKind;
+                match self { $(Self::$variant(p) => p.requires(),)+ }
             }
 
             /// What `GET /api/jobs` shows: the stored payload (with its `kind`) less secrets.

@@ -12,7 +12,7 @@ use crate::http::openapi::{Accepted, Errors, ListParams};
 use crate::{
     app::AppState,
     audit::{self, Entry},
-    auth::permissions::{Require, perm},
+    auth::permissions::{self, Require, perm},
     http::{
         client::ClientMeta,
         error::{ApiError, ApiResult},
@@ -180,6 +180,15 @@ async fn retry(
             "only FAILED jobs can be retried; this one is {:?}",
             job.status
         )));
+    }
+    // Running a job again is doing what it does: the caller needs the permission that
+    // creating it needs (SUPPORT retries a suspension, never an ADMIN's termination).
+    let payload = JobPayload::from_stored(job.kind, job.payload.clone())
+        .map_err(|e| ApiError::Conflict(format!("this job cannot be retried: {e}")))?;
+    if let Some(action) = payload.requires()
+        && !permissions::allows(user.role, action)
+    {
+        return Err(ApiError::Forbidden(action.describe().to_owned()));
     }
     if !store::retry_failed(&mut tx, id, user.tenant_id, user.id).await? {
         return Err(ApiError::Conflict(

@@ -82,12 +82,12 @@ impl SharedPayload for MailboxPassword {
 
 newtype_kind!(
     /// PROVISION_MAIL asked for by an operator (`POST /api/mail/accounts`).
-    CreateMailAccount(MailboxPassword) as ProvisionMail,
+    CreateMailAccount(MailboxPassword) as ProvisionMail, requires MailWrite,
     |state, job, request| provision_account(state, job, request, false).await,
 );
 newtype_kind!(
     /// PROVISION_MAIL for a new password (`POST /api/mail/accounts/{id}/reset-password`).
-    ResetMailPassword(MailboxPassword) as ProvisionMail,
+    ResetMailPassword(MailboxPassword) as ProvisionMail, requires MailManage,
     |state, job, request| provision_account(state, job, request, true).await,
 );
 
@@ -111,12 +111,12 @@ impl SharedPayload for MailboxRef {
 
 newtype_kind!(
     /// SUSPEND_ACCOUNT of a mailbox: it refuses logins (mail is still delivered).
-    DisableMailbox(MailboxRef) as SuspendAccount,
+    DisableMailbox(MailboxRef) as SuspendAccount, requires MailManage,
     |state, job, mailbox| set_enabled(state, job, mailbox.mail_account_id, false).await,
 );
 newtype_kind!(
     /// UNSUSPEND_ACCOUNT of a mailbox: it accepts logins again.
-    EnableMailbox(MailboxRef) as UnsuspendAccount,
+    EnableMailbox(MailboxRef) as UnsuspendAccount, requires MailManage,
     |state, job, mailbox| set_enabled(state, job, mailbox.mail_account_id, true).await,
 );
 

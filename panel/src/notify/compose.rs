@@ -38,21 +38,31 @@ pub struct Credential {
     pub secret: Option<Zeroizing<String>>,
 }
 
+/// `text` on one line: line breaks and other control characters become spaces, so no value
+/// placed in a subject, a greeting or a field line can add a line of its own.
+fn one_line(text: &str) -> String {
+    text.trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// Subject and body; the body may carry credentials, hence wiped when dropped.
 pub fn welcome(w: &Welcome) -> (String, Zeroizing<String>) {
-    let what = w.domain.as_deref().unwrap_or("your order");
-    let subject = format!("Your {} for {what} is ready", w.plan_name);
+    let what = one_line(w.domain.as_deref().unwrap_or("your order"));
+    let plan = one_line(&w.plan_name);
+    let subject = format!("Your {plan} for {what} is ready");
     let mut b = Zeroizing::new(String::new());
-    let greeting = match &w.customer_name {
-        Some(name) if !name.trim().is_empty() => format!("Hello {},", name.trim()),
+    let greeting = match w.customer_name.as_deref().map(one_line) {
+        Some(name) if !name.is_empty() => format!("Hello {name},"),
         _ => "Hello,".to_owned(),
     };
     // Writing to a String cannot fail.
     let _ = writeln!(b, "{greeting}\n");
     let _ = writeln!(
         b,
-        "thank you for your order. Your {} plan ({})\nfor {what} is set up and ready to use.",
-        w.plan_name, w.product_name
+        "thank you for your order. Your {plan} plan ({})\nfor {what} is set up and ready to use.",
+        one_line(&w.product_name)
     );
 
     if let Some(h) = &w.hosting {
@@ -140,7 +150,8 @@ pub struct JobFailed<'a> {
 }
 
 pub fn job_failed(j: &JobFailed<'_>) -> (String, String) {
-    let subject = format!("[{}] Job {} failed", j.tenant_name, j.job_type);
+    let tenant = one_line(j.tenant_name);
+    let subject = format!("[{tenant}] Job {} failed", one_line(j.job_type));
     let body = format!(
         "A job of {tenant} failed and will not be retried.\n\n\
          \x20 Job:       {id}\n\
@@ -148,11 +159,10 @@ pub fn job_failed(j: &JobFailed<'_>) -> (String, String) {
          \x20 Attempts:  {attempts}\n\
          \x20 Error:     {error}\n\n\
          Details and log: {url}/jobs/{id}\n",
-        tenant = j.tenant_name,
         id = j.job_id,
-        kind = j.job_type,
+        kind = one_line(j.job_type),
         attempts = j.attempts,
-        error = j.error,
+        error = one_line(j.error),
         url = j.app_url,
     );
     (subject, body)

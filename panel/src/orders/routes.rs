@@ -26,7 +26,7 @@ use crate::{
 };
 use crate::{
     http::openapi::{Errors, ListParams},
-    http::validate::check_email,
+    http::validate::{check_email, optional_line},
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -187,8 +187,11 @@ async fn create(
 ) -> ApiResult<(StatusCode, Json<PlacedOrder>)> {
     let order = PaidOrder {
         customer_email: check_email("customer.email", &body.customer.email)?,
-        customer_name: optional_text("customer.fullName", body.customer.full_name, 200)?,
-        customer_phone: optional_text("customer.phone", body.customer.phone, 40)?,
+        customer_name: optional_line::<200>(
+            "customer.fullName",
+            body.customer.full_name.as_deref(),
+        )?,
+        customer_phone: optional_line::<40>("customer.phone", body.customer.phone.as_deref())?,
         total_amount_cents: amount("totalAmountCents", body.total_amount_cents)?,
         currency: Currency::parse(&body.currency)
             .map_err(|e| ApiError::field("currency", e.to_string()))?,

@@ -17,6 +17,10 @@ use super::{
     routes::{JobRef, amount, job_refs},
     stripe,
 };
+use crate::http::{
+    openapi::Errors,
+    validate::{self, check_email, optional_line},
+};
 use crate::{
     app::AppState,
     http::{
@@ -26,7 +30,6 @@ use crate::{
     },
     orders::place::{PaidOrder, place_paid_order},
 };
-use crate::{http::openapi::Errors, http::validate::check_email};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(stripe_event))
@@ -197,12 +200,13 @@ fn paid_order_from_intent(intent: &Value) -> ApiResult<PaidOrder> {
     };
     let meta = &intent["metadata"];
     let required = |field: &str| {
-        text(&meta[field]).ok_or_else(|| {
+        let value = text(&meta[field]).ok_or_else(|| {
             ApiError::field(
                 format!("metadata.{field}"),
                 "missing from the PaymentIntent",
             )
-        })
+        })?;
+        validate::name::<200>(&format!("metadata.{field}"), &value)
     };
     let intent_id =
         text(&intent["id"]).ok_or_else(|| ApiError::field("data.object.id", "missing"))?;
@@ -221,7 +225,10 @@ fn paid_order_from_intent(intent: &Value) -> ApiResult<PaidOrder> {
         tenant_slug: required("tenantSlug")?,
         plan_slug: required("planSlug")?,
         customer_email: check_email("metadata.customerEmail", &email)?,
-        customer_name: text(&meta["customerName"]),
+        customer_name: optional_line::<200>(
+            "metadata.customerName",
+            meta["customerName"].as_str(),
+        )?,
         customer_phone: None,
         total_amount_cents: amount("data.object.amount", cents)?,
         currency: Currency::parse(&currency)

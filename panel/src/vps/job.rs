@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::{
     app::AppState,
+    auth::permissions::Action,
     jobs::{
         dispatcher::{DispatchError, JobToRun},
         payload::{JobKind, JobRefs},
@@ -42,6 +43,14 @@ pub struct VpsAction {
 
 impl JobKind for VpsAction {
     const TYPE: JobType = JobType::ProvisionVps;
+
+    fn requires(&self) -> Option<Action> {
+        Some(match self.action.as_str() {
+            "destroy" => Action::VpsDestroy,
+            "create" => Action::VpsWrite,
+            _ => Action::VpsPower,
+        })
+    }
 
     fn refs(&self) -> JobRefs {
         JobRefs::default().vps(self.vps_id)
