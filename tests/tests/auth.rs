@@ -189,6 +189,43 @@ async fn refresh_token_reuse_revokes_the_whole_session() {
     app.cleanup().await;
 }
 
+/// Session ids are in every access token (`sid`): one with a made-up secret is no refresh
+/// token of that session. It is refused and the session goes on; the audit log shows no id.
+#[tokio::test]
+async fn a_forged_refresh_token_ends_no_session() {
+    let app = TestApp::spawn().await;
+    app.create_admin("home", "ops@home.example.com", "ADMIN", PASSWORD)
+        .await;
+    let real = login(&app, "ops@home.example.com", PASSWORD).await;
+    let sid = real.claims()["sid"].as_str().unwrap().to_owned();
+    let forged = format!("{sid}.{}", "ab".repeat(32));
+
+    refresh(&app, &forged)
+        .await
+        .assert_error(401, "unauthorized");
+    anon(&app)
+        .post("/api/auth/logout", &json!({"refreshToken": forged}))
+        .await
+        .assert_error(401, "unauthorized");
+    me(&app, &real.token).await.expect(200);
+    let next = session_of(&refresh(&app, &real.refresh_token).await);
+    me(&app, &next.token).await.expect(200);
+
+    let pool = app.db.pool().await;
+    assert!(audit_rows(&pool, "auth.refresh.reuse").await.is_empty());
+    let details: Vec<serde_json::Value> =
+        sqlx::query_scalar("SELECT details FROM audit_logs WHERE details IS NOT NULL")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(
+        details.iter().all(|d| !d.to_string().contains(&sid)),
+        "a session id is in the audit log: {details:?}"
+    );
+    pool.close().await;
+    app.cleanup().await;
+}
+
 #[tokio::test]
 async fn logout_ends_only_that_session() {
     let app = TestApp::spawn().await;

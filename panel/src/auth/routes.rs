@@ -18,6 +18,7 @@ use crate::{
         password,
         session::{self, Logout, Rotation, SessionUser},
         throttle::login_throttle,
+        tokens::hash_token,
     },
     http::{
         client::ClientMeta,
@@ -180,7 +181,8 @@ async fn login(
             user_id: Some(row.user.id),
             action: "auth.login",
             client: Some(&client),
-            details: json!({ "sessionId": session_id }),
+            // Other roles read the audit log: a reference, not the id every token carries.
+            details: json!({ "sessionRef": &hash_token(&session_id.to_string())[..16] }),
         },
     )
     .await?;
@@ -300,6 +302,7 @@ async fn logout(
             Err(invalid_refresh())
         }
         Logout::Gone => Ok(StatusCode::NO_CONTENT),
+        Logout::Refused => Err(invalid_refresh()),
     }
 }
 

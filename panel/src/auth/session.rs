@@ -1,6 +1,8 @@
-//! Refresh sessions: one row per sign-in, holding the hash of its current refresh token.
-//! Each refresh rotates the token; presenting a superseded token means it was copied, so the
-//! whole session is revoked (and with it every access token issued under it).
+//! Refresh sessions: one row per sign-in, holding the hash of its current refresh token and
+//! those of its latest superseded ones. Each refresh rotates the token; presenting a
+//! superseded token means it was copied, so the whole session is revoked (and with it every
+//! access token issued under it). A token that never belonged to the session — its id, which
+//! every access token carries, with a made-up secret — is refused and changes nothing.
 
 use std::time::Duration;
 
@@ -61,6 +63,7 @@ pub enum Rotation {
 #[derive(sqlx::FromRow)]
 struct SessionRow {
     token_hash: String,
+    previous_hashes: Vec<String>,
     revoked: bool,
     live: bool,
     usable: bool,
@@ -71,7 +74,7 @@ struct SessionRow {
 /// Locks the session row, so two refreshes with one token cannot both succeed.
 async fn lock(conn: &mut sqlx::PgConnection, id: Uuid) -> sqlx::Result<Option<SessionRow>> {
     sqlx::query_as(
-        "SELECT s.token_hash, s.revoked_at IS NOT NULL AS revoked, s.expires_at > now() AS live,
+        "SELECT s.token_hash, s.previous_hashes, s.revoked_at IS NOT NULL AS revoked, s.expires_at > now() AS live,
                 u.is_active AND t.is_active AS usable,
                 u.id, u.email, u.display_name, u.role, u.tenant_id
            FROM refresh_sessions s
@@ -83,6 +86,28 @@ async fn lock(conn: &mut sqlx::PgConnection, id: Uuid) -> sqlx::Result<Option<Se
     .bind(id)
     .fetch_optional(conn)
     .await
+}
+
+/// Which generation of the session `token` is.
+enum Generation {
+    Current,
+    Superseded,
+    Unknown,
+}
+
+fn generation(row: &SessionRow, token: &str) -> Generation {
+    let presented = hash_token(token);
+    if hashes_match(&row.token_hash, &presented) {
+        Generation::Current
+    } else if row
+        .previous_hashes
+        .iter()
+        .fold(false, |found, old| hashes_match(old, &presented) | found)
+    {
+        Generation::Superseded
+    } else {
+        Generation::Unknown
+    }
 }
 
 /// Run inside a transaction; the caller commits (also on `Reused`, to keep the revocation).
@@ -101,12 +126,16 @@ pub async fn rotate(
     if row.revoked {
         return Ok(Rotation::Refused);
     }
-    if !hashes_match(&row.token_hash, &hash_token(token)) {
-        revoke(conn, id, "refresh token reuse").await?;
-        return Ok(Rotation::Reused {
-            user_id: row.user.id,
-            tenant_id: row.user.tenant_id,
-        });
+    match generation(&row, token) {
+        Generation::Current => {}
+        Generation::Superseded => {
+            revoke(conn, id, "refresh token reuse").await?;
+            return Ok(Rotation::Reused {
+                user_id: row.user.id,
+                tenant_id: row.user.tenant_id,
+            });
+        }
+        Generation::Unknown => return Ok(Rotation::Refused),
     }
     if !row.live {
         return Ok(Rotation::Refused);
@@ -118,7 +147,9 @@ pub async fn rotate(
     let (next, hash) = new_refresh_token(id);
     sqlx::query(
         "UPDATE refresh_sessions
-            SET token_hash = $2, generation = generation + 1, last_used_at = now(),
+            SET previous_hashes = (array_append(previous_hashes, token_hash))
+                                      [greatest(1, cardinality(previous_hashes) - 98):],
+                token_hash = $2, generation = generation + 1, last_used_at = now(),
                 expires_at = now() + make_interval(secs => $3), ip_address = $4, user_agent = $5
           WHERE id = $1",
     )
@@ -147,6 +178,8 @@ pub enum Logout {
     },
     /// Unknown or already ended: nothing to do.
     Gone,
+    /// A live session's id with a secret that never was its: refused, nothing changes.
+    Refused,
 }
 
 /// Ends the session of a current refresh token. A superseded token still ends the session,
@@ -162,12 +195,16 @@ pub async fn logout(conn: &mut sqlx::PgConnection, token: &str) -> sqlx::Result<
         return Ok(Logout::Gone);
     }
     let (user_id, tenant_id) = (row.user.id, row.user.tenant_id);
-    if hashes_match(&row.token_hash, &hash_token(token)) {
-        revoke(conn, id, "logout").await?;
-        Ok(Logout::Ended { user_id, tenant_id })
-    } else {
-        revoke(conn, id, "refresh token reuse").await?;
-        Ok(Logout::Reused { user_id, tenant_id })
+    match generation(&row, token) {
+        Generation::Current => {
+            revoke(conn, id, "logout").await?;
+            Ok(Logout::Ended { user_id, tenant_id })
+        }
+        Generation::Superseded => {
+            revoke(conn, id, "refresh token reuse").await?;
+            Ok(Logout::Reused { user_id, tenant_id })
+        }
+        Generation::Unknown => Ok(Logout::Refused),
     }
 }
 
