@@ -20,6 +20,8 @@ use crate::db::TestDb;
 
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789-abcdefghijklmnop";
 pub const INTERNAL_KEY: &str = "test-internal-key-0123456789";
+/// The backup scripts' key (`BACKUP_REPORT_SECRET`), distinct from the marketing key.
+pub const BACKUP_REPORT_KEY: &str = "test-backup-report-key-0123456789";
 pub const STRIPE_SECRET: &str = "whsec_test_0123456789abcdef";
 
 pub fn redis_url() -> String {
@@ -90,6 +92,7 @@ impl TestApp {
             ("REDIS_KEY_PREFIX", redis_prefix.as_str()),
             ("JWT_SECRET", JWT_SECRET),
             ("MARKETING_WEBHOOK_SECRET", INTERNAL_KEY),
+            ("BACKUP_REPORT_SECRET", BACKUP_REPORT_KEY),
             ("STRIPE_WEBHOOK_SECRET", STRIPE_SECRET),
             ("AGENT_LISTEN_ADDR", "127.0.0.1:0"),
             ("MPANEL_DATA_DIR", dir.path().to_str().unwrap()),

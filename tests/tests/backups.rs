@@ -13,7 +13,7 @@ use mpanel_tests::{
     TestApp,
     api::{Org, anon, authed, create_server, org_with_roles, unique},
     fleet::{AgentProc, enrollment_token, hub_addr, wait_job_status},
-    panel::INTERNAL_KEY,
+    panel::{BACKUP_REPORT_KEY, INTERNAL_KEY},
     wait_for,
 };
 use serde_json::{Value, json};
@@ -70,8 +70,9 @@ async fn audits(pool: &PgPool, action: &str, backup: &str) -> i64 {
     .unwrap()
 }
 
+/// The backup scripts, with their own key (`BACKUP_REPORT_SECRET`).
 fn internal(app: &TestApp) -> mpanel_tests::api::Api<'_> {
-    anon(app).authorization(&format!("Bearer {INTERNAL_KEY}"))
+    anon(app).authorization(&format!("Bearer {BACKUP_REPORT_KEY}"))
 }
 
 async fn backup(app: &TestApp, token: &str, id: &str) -> Value {
@@ -356,6 +357,16 @@ async fn scripts_report_runs_with_the_internal_key_and_twice_changes_nothing() {
         .post("/api/backups/report", &success)
         .await
         .assert_error(401, "unauthorized");
+    // The marketing backend's key opens orders, not backup reports (and the other way round).
+    anon(&app)
+        .authorization(&format!("Bearer {INTERNAL_KEY}"))
+        .post("/api/backups/report", &success)
+        .await
+        .assert_error(401, "unauthorized");
+    internal(&app)
+        .post("/api/orders", &json!({}))
+        .await
+        .assert_error(401, "unauthorized");
     assert_eq!(backup(&app, &admin, &id).await, before);
     assert_eq!(audits(&pool, "backup.report", &id).await, 0);
 
@@ -415,7 +426,7 @@ async fn scripts_report_runs_with_the_internal_key_and_twice_changes_nothing() {
     let res = app
         .http
         .post(app.url("/api/backups/report"))
-        .header("x-internal-key", INTERNAL_KEY)
+        .header("x-internal-key", BACKUP_REPORT_KEY)
         .json(&success)
         .send()
         .await

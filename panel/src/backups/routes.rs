@@ -30,7 +30,7 @@ use crate::{
         client::ClientMeta,
         error::{ApiError, ApiResult},
         extract::{ApiJson, IdPath},
-        internal::InternalCaller,
+        internal::{BackupScripts, InternalCaller},
         list::{ListQuery, Page, fetch_page},
     },
     jobs::{self, payload::JobPayload, store},
@@ -481,7 +481,7 @@ fn check_details(details: &mut Map<String, Value>) -> ApiResult<Checked> {
     responses((status = 200, description = "The BackupJob, as the report left it", body = BackupJob), Errors))]
 async fn report(
     State(state): State<AppState>,
-    _caller: InternalCaller,
+    _caller: InternalCaller<BackupScripts>,
     client: ClientMeta,
     ApiJson(body): ApiJson<BackupReport>,
 ) -> ApiResult<Json<BackupJob>> {

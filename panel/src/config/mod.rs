@@ -46,6 +46,9 @@ pub struct Config {
     pub mailcore: ExternalApi,
     /// `x-internal-key` of the marketing backend and internal callers (spec §9.2).
     pub marketing_webhook_secret: SecretString,
+    /// `x-internal-key` of the backup scripts' `POST /api/backups/report` only, so that a
+    /// leaked marketing key cannot forge backup results (and the other way round).
+    pub backup_report_secret: SecretString,
     /// Stripe's `whsec_…` signing secret for `POST /api/webhooks/stripe`.
     pub stripe_webhook_secret: SecretString,
     /// Base URL for links in e-mails.
@@ -322,6 +325,7 @@ impl Config {
         let powerdns = r.external_api("POWERDNS_API_URL", "POWERDNS_API_KEY");
         let mailcore = r.external_api("MAILCORE_API_URL", "MAILCORE_API_KEY");
         let marketing_webhook_secret = r.secret("MARKETING_WEBHOOK_SECRET", prod, 16);
+        let backup_report_secret = r.secret("BACKUP_REPORT_SECRET", prod, 16);
         let stripe_webhook_secret = r.secret("STRIPE_WEBHOOK_SECRET", prod, 16);
 
         let app_url = r
@@ -477,6 +481,7 @@ impl Config {
             powerdns,
             mailcore,
             marketing_webhook_secret,
+            backup_report_secret,
             stripe_webhook_secret,
             app_url,
             log: LogConfig {
@@ -528,6 +533,7 @@ pub const VARIABLES: &[&str] = &[
     "MAILCORE_API_URL",
     "MAILCORE_API_KEY",
     "MARKETING_WEBHOOK_SECRET",
+    "BACKUP_REPORT_SECRET",
     "STRIPE_WEBHOOK_SECRET",
     "APP_URL",
     "RUST_LOG",
@@ -855,6 +861,7 @@ mod tests {
             "REDIS_URL",
             "JWT_SECRET",
             "MARKETING_WEBHOOK_SECRET",
+            "BACKUP_REPORT_SECRET",
             "STRIPE_WEBHOOK_SECRET",
             "APP_URL",
             "SMTP_HOST",
@@ -917,6 +924,7 @@ mod tests {
             ("REDIS_URL", "redis://127.0.0.1:6379/0"),
             ("JWT_SECRET", "a-very-long-jwt-secret-value-0123456789"),
             ("MARKETING_WEBHOOK_SECRET", "marketing-0123456789abcdef"),
+            ("BACKUP_REPORT_SECRET", "backups-0123456789abcdef"),
             ("STRIPE_WEBHOOK_SECRET", "whsec_0123456789abcdef"),
             ("APP_URL", "https://panel.example.com"),
             ("AGENT_PUBLIC_URL", "wss://panel.example.com:2272"),
