@@ -92,6 +92,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     // Commands whose stdout is their result log to stderr.
     let logs_to_stdout = matches!(command, Command::Serve | Command::Worker);
     telemetry::init(&config.log, logs_to_stdout)?;
+    if logs_to_stdout {
+        // The long-running commands: serve holds agents, both hold a database pool.
+        crate::rlimit::raise_open_files();
+    }
     match command {
         Command::Serve => {
             if !config.is_production() {

@@ -24,6 +24,7 @@ pub mod model;
 pub mod notify;
 pub mod orders;
 pub mod redis;
+pub mod rlimit;
 pub mod secrets;
 pub mod servers;
 pub mod subscriptions;

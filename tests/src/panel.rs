@@ -122,6 +122,14 @@ impl TestApp {
         app
     }
 
+    /// The running panel's process id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("the panel is running")
+    }
+
     /// Starts (or restarts) the panel process and waits until it listens.
     pub async fn start(&mut self) {
         let mut cmd = command("mpanel", self.dir.path());

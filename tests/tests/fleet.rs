@@ -533,3 +533,101 @@ async fn agents_drop_a_silent_panel_and_come_back_after_a_restart() {
     assert!(agent.terminate().await.success());
     app.cleanup().await;
 }
+
+/// Sets both open-files limits of process `pid` (and returns the old ones).
+fn set_open_files(pid: u32, limit: u64) {
+    let new = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: plain syscall on another process with valid pointers.
+    let done = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(done, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// Opens `n` connections from 127.0.0.2 to `hub` that never start TLS, a new wave every
+/// 3 s (the hub times a silent handshake out after 10 s), each held for three waves — what an
+/// attacker does to keep a panel's descriptors taken — until `stop`.
+fn flood(hub: std::net::SocketAddr, n: usize, stop: Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        let mut waves = std::collections::VecDeque::new();
+        while !stop.load(Ordering::Relaxed) {
+            let mut wave = Vec::with_capacity(n);
+            for _ in 0..n {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                // A full accept queue refusing one is the kernel's doing.
+                if let Ok(Ok(stream)) =
+                    tokio::time::timeout(Duration::from_secs(1), socket.connect(hub)).await
+                {
+                    wave.push(stream);
+                }
+            }
+            waves.push_back(wave);
+            if waves.len() > 3 {
+                waves.pop_front();
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    });
+}
+
+/// More half-open connections than the panel has descriptors — TCP connections to the hub
+/// that never start TLS, renewed all the time — leave the API answering new clients and a
+/// real agent connecting as usual: the hub closes what its handshake limits do not admit.
+#[tokio::test]
+async fn a_flood_of_half_open_connections_starves_neither_the_api_nor_the_agents() {
+    const LIMIT: u64 = 256;
+    let app = TestApp::spawn_with(FAST).await;
+    let acme = org_with_roles(&app, "acme", &["SUPER_ADMIN"]).await;
+    let admin = acme.super_admin().token().to_owned();
+    let web = create_server(&app, &admin, "srv1-web").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hub = hub_addr(&app).await;
+    let mut agent = AgentProc::enroll(
+        &app,
+        "srv1-web",
+        &enrollment_token(&app, &admin, &web).await,
+    )
+    .await;
+    agent.configure(hub, "roles = [\"web\"]");
+    set_open_files(app.pid(), LIMIT);
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    flood(hub, 2 * LIMIT as usize, stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await; // let the first wave land
+
+    // A new client each time: a pooled connection would hide a panel that accepts nothing.
+    for _ in 0..5 {
+        let fresh = reqwest::Client::new();
+        let health = tokio::time::timeout(
+            Duration::from_secs(5),
+            fresh.get(app.url("/api/public/health")).send(),
+        )
+        .await
+        .expect("health answers within 5 s during the flood")
+        .expect("health request reaches the panel");
+        assert!(health.status().is_success(), "{health:?}");
+    }
+    agent.start();
+    wait_for(
+        "the agent online during the flood",
+        Duration::from_secs(10),
+        || async { (server_row(&app, &admin, &web).await["agentOnline"] == true).then_some(()) },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    agent.terminate().await;
+    app.cleanup().await;
+}

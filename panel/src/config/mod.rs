@@ -152,6 +152,12 @@ pub struct FleetConfig {
     pub metrics_interval: Duration,
     /// How long metrics samples are kept (`AGENT_METRICS_RETENTION`).
     pub metrics_retention: Duration,
+    /// Unauthenticated handshakes (TLS, WebSocket, Hello) in flight at once
+    /// (`AGENT_HANDSHAKES_MAX`); a connection beyond it is closed at once.
+    pub max_handshakes: usize,
+    /// The same, from one source address (`AGENT_HANDSHAKES_PER_IP`), so one host's flood
+    /// cannot take the slots of the others.
+    pub handshakes_per_ip: usize,
 }
 
 /// What the panel puts in every zone it provisions.
@@ -375,6 +381,8 @@ impl Config {
             .map(PathBuf::from)
             .unwrap_or_else(|| data_dir.join("ca/ca.key"));
         let heartbeat_interval = r.duration("AGENT_HEARTBEAT_INTERVAL", Duration::from_secs(15));
+        let max_handshakes = r.number("AGENT_HANDSHAKES_MAX", 512usize).max(1);
+        let handshakes_per_ip = r.number("AGENT_HANDSHAKES_PER_IP", 16usize).max(1);
         if heartbeat_interval < Duration::from_secs(1)
             || heartbeat_interval > Duration::from_secs(300)
         {
@@ -496,6 +504,8 @@ impl Config {
                 heartbeat_interval,
                 metrics_interval,
                 metrics_retention,
+                max_handshakes,
+                handshakes_per_ip,
             },
             jobs,
             dns,
@@ -547,6 +557,8 @@ pub const VARIABLES: &[&str] = &[
     "AGENT_HEARTBEAT_INTERVAL",
     "AGENT_METRICS_INTERVAL",
     "AGENT_METRICS_RETENTION",
+    "AGENT_HANDSHAKES_MAX",
+    "AGENT_HANDSHAKES_PER_IP",
     "SHUTDOWN_TIMEOUT",
     "RUN_WORKER",
     "WORKER_CONCURRENCY",

@@ -51,6 +51,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::gate::{HandshakeGate, Pass};
 use super::{
     ca::AGENT_CERT_VALIDITY,
     dispatch::{ConnHandle, Outbound},
@@ -131,6 +132,8 @@ impl Hub {
         let tracker = TaskTracker::new();
         tracker.spawn(presence::maintenance(state.clone(), shutdown.clone()));
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let fleet = &state.config.fleet;
+        let gate = HandshakeGate::new(fleet.max_handshakes, fleet.handshakes_per_ip);
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -151,6 +154,11 @@ impl Hub {
                     }
                 },
             };
+            let Some(pass) = gate.enter(peer.ip()) else {
+                // Closed before it costs more than the accept: see `gate`.
+                tracing::debug!(peer = %peer, "too many agent handshakes in flight; closed");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = self.acceptor.clone();
             let state = state.clone();
@@ -158,7 +166,7 @@ impl Hub {
             let span = tracing::info_span!("agent_conn", peer = %peer, agent_id = tracing::field::Empty, server_id = tracing::field::Empty);
             tracker.spawn(
                 async move {
-                    if let Err(e) = handle(tcp, acceptor, state, shutdown).await {
+                    if let Err(e) = handle(tcp, acceptor, state, shutdown, pass).await {
                         tracing::info!(error = format!("{e:#}"), "agent connection ended");
                     }
                     drop(permit);
@@ -194,6 +202,7 @@ async fn handle(
     acceptor: TlsAcceptor,
     state: AppState,
     shutdown: CancellationToken,
+    pass: Pass,
 ) -> anyhow::Result<()> {
     let (mut ws, peer, hello) = timeout(HANDSHAKE_TIMEOUT, async {
         let tls = acceptor.accept(tcp).await.context("TLS handshake")?;
@@ -224,6 +233,8 @@ async fn handle(
     })
     .await
     .context("handshake timed out")??;
+    // It proved who it is: its handshake slot goes to the next connection.
+    drop(pass);
     let span = tracing::Span::current();
     span.record("agent_id", tracing::field::display(peer.agent_id));
 

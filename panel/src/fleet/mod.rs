@@ -19,6 +19,7 @@
 pub mod ca;
 pub mod dispatch;
 pub mod enroll;
+pub mod gate;
 pub mod hub;
 pub mod presence;
 pub mod tls;
