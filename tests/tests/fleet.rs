@@ -555,7 +555,12 @@ fn set_open_files(pid: u32, limit: u64) {
 /// Opens `n` connections from 127.0.0.2 to `hub` that never start TLS, a new wave every
 /// 3 s (the hub times a silent handshake out after 10 s), each held for three waves — what an
 /// attacker does to keep a panel's descriptors taken — until `stop`.
-fn flood(hub: std::net::SocketAddr, n: usize, stop: Arc<std::sync::atomic::AtomicBool>) {
+fn flood(
+    hub: std::net::SocketAddr,
+    n: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    landed: Arc<std::sync::atomic::AtomicBool>,
+) {
     use std::sync::atomic::Ordering;
     tokio::spawn(async move {
         let mut waves = std::collections::VecDeque::new();
@@ -572,6 +577,7 @@ fn flood(hub: std::net::SocketAddr, n: usize, stop: Arc<std::sync::atomic::Atomi
                 }
             }
             waves.push_back(wave);
+            landed.store(true, Ordering::Relaxed);
             if waves.len() > 3 {
                 waves.pop_front();
             }
@@ -604,8 +610,14 @@ async fn a_flood_of_half_open_connections_starves_neither_the_api_nor_the_agents
     set_open_files(app.pid(), LIMIT);
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    flood(hub, 2 * LIMIT as usize, stop.clone());
-    tokio::time::sleep(Duration::from_secs(1)).await; // let the first wave land
+    let landed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    flood(hub, 2 * LIMIT as usize, stop.clone(), landed.clone());
+    wait_for("the first wave of the flood", WAIT, || async {
+        landed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(())
+    })
+    .await;
 
     // A new client each time: a pooled connection would hide a panel that accepts nothing.
     for _ in 0..5 {
