@@ -2,7 +2,10 @@
 //!
 //! ```toml
 //! state_dir = "/var/lib/mpanel-agent"      # key, certificates, enrollment.json, journal
-//! # hub_url = "wss://panel.example.com:2272" # default: enrollment.json's hubUrl
+//! # hub_url = "wss://panel.example.com:2272" # default: enrollment.json's hubUrl; one name
+//! #                                         # (e.g. a TCP load balancer) or a list of replicas:
+//! # hub_url = ["wss://panel1.example.com:2272", "wss://panel2.example.com:2272"]
+//! #                                         # (`hub_urls = [...]` is the same key; not both)
 //! # key_file / cert_file / ca_file / journal_file: default inside state_dir
 //! # hostname = "srv1-web"                  # default: the kernel's host name
 //! roles = ["web"]                           # web, dns, mail, db, backup
@@ -74,7 +77,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/mpanel-agent/agent.toml";
 #[serde(deny_unknown_fields)]
 struct Raw {
     state_dir: Option<PathBuf>,
-    hub_url: Option<String>,
+    hub_url: Option<HubList>,
+    hub_urls: Option<HubList>,
     key_file: Option<PathBuf>,
     cert_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
@@ -93,6 +97,89 @@ struct Raw {
     mail: Option<RawMail>,
     web: Option<web::RawWeb>,
     backup: Option<backup::RawBackup>,
+}
+
+/// `hub_url`/`hub_urls` as written: one string or an array of strings.
+#[derive(Debug)]
+struct HubList(Vec<String>);
+
+impl<'de> Deserialize<'de> for HubList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = HubList;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("hub_url/hub_urls: a wss:// URL or an array of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HubList, E> {
+                Ok(HubList(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<HubList, A::Error> {
+                let mut v = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    v.push(s);
+                }
+                Ok(HubList(v))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// The most hubs `hub_url` may list.
+pub const MAX_HUBS: usize = 16;
+
+/// Checks `hub_url` or `hub_urls` (the same thing under two names); empty: neither was given.
+fn parse_hubs(
+    hub_url: Option<HubList>,
+    hub_urls: Option<HubList>,
+    problems: &mut Vec<String>,
+) -> Vec<Url> {
+    let (key, entries) = match (hub_url, hub_urls) {
+        (None, None) => return Vec::new(),
+        (Some(_), Some(_)) => {
+            problems.push("hub_url: set hub_url or hub_urls, not both".into());
+            return Vec::new();
+        }
+        (Some(l), None) => ("hub_url", l.0),
+        (None, Some(l)) => ("hub_urls", l.0),
+    };
+    if entries.is_empty() {
+        problems.push(format!("{key}: must list at least one wss:// URL"));
+        return Vec::new();
+    }
+    if entries.len() > MAX_HUBS {
+        problems.push(format!("{key}: at most {MAX_HUBS} hubs"));
+        return Vec::new();
+    }
+    let mut urls: Vec<Url> = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        match Url::parse(entry) {
+            // The agent proves itself with its certificate; credentials in the URL would
+            // only end up in the logs, which name the hub on every reconnect.
+            Ok(u)
+                if u.scheme() == "wss"
+                    && u.host().is_some()
+                    && u.username().is_empty()
+                    && u.password().is_none() =>
+            {
+                // Compared parsed, so `wss://h:443` and `wss://h/` are the same hub.
+                if urls.contains(&u) {
+                    problems.push(format!("{key}: {entry:?} is listed twice"));
+                } else {
+                    urls.push(u);
+                }
+            }
+            Ok(_) => problems.push(format!(
+                "{key}: {entry:?} must be a wss:// URL with a host and no credentials"
+            )),
+            Err(e) => problems.push(format!("{key}: {entry:?} is not a URL ({e})")),
+        }
+    }
+    urls
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -334,8 +421,9 @@ fn parse_dns(raw: RawDns, problems: &mut Vec<String>) -> Option<DnsConfig> {
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub state_dir: PathBuf,
-    /// `None`: use `enrollment.json`'s.
-    pub hub_url: Option<Url>,
+    /// The hubs to dial, in order, each a `wss://` URL with a host, distinct, at most
+    /// [`MAX_HUBS`]; empty: use `enrollment.json`'s `hubUrl`.
+    pub hub_urls: Vec<Url>,
     pub key_file: PathBuf,
     pub cert_file: PathBuf,
     pub ca_file: PathBuf,
@@ -419,18 +507,7 @@ impl AgentConfig {
         if reconnect_min > reconnect_max {
             problems.push("reconnect_min: must not exceed reconnect_max".into());
         }
-        let hub_url = match raw.hub_url.as_deref().map(Url::parse) {
-            None => None,
-            Some(Ok(u)) if u.scheme() == "wss" && u.host().is_some() => Some(u),
-            Some(Ok(_)) => {
-                problems.push("hub_url: must be a wss:// URL with a host".into());
-                None
-            }
-            Some(Err(e)) => {
-                problems.push(format!("hub_url: not a URL ({e})"));
-                None
-            }
-        };
+        let hub_urls = parse_hubs(raw.hub_url, raw.hub_urls, &mut problems);
         let hostname = match raw.hostname.as_deref().map(Hostname::parse) {
             None => None,
             Some(Ok(h)) => Some(h),
@@ -470,7 +547,7 @@ impl AgentConfig {
                 .journal_file
                 .unwrap_or_else(|| state_dir.join(crate::journal::JOURNAL_FILE)),
             state_dir,
-            hub_url,
+            hub_urls,
             hostname,
             roles,
             heartbeat_interval,
@@ -508,7 +585,7 @@ mod tests {
             c.key_file,
             PathBuf::from(DEFAULT_STATE_DIR).join("agent.key")
         );
-        assert!(c.roles.is_empty() && c.hub_url.is_none());
+        assert!(c.roles.is_empty() && c.hub_urls.is_empty());
 
         let c = AgentConfig::parse(
             r#"
@@ -524,6 +601,91 @@ mod tests {
         assert_eq!(c.ca_file, PathBuf::from("/etc/ca.crt"));
         assert_eq!(c.roles, [Role::Web, Role::Dns]);
         assert_eq!(c.metrics_interval, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn hub_url_is_one_url_or_a_list() {
+        let hubs = |text: &str| -> Vec<String> {
+            let c = AgentConfig::parse(text).unwrap_or_else(|e| panic!("{text}: {e:#}"));
+            c.hub_urls.iter().map(|u| u.to_string()).collect()
+        };
+        assert_eq!(
+            hubs("hub_url = \"wss://lb.example.com:2272\""),
+            ["wss://lb.example.com:2272/"]
+        );
+        // The order is kept: it is the order the agent walks (from its own start).
+        let two = [
+            "wss://p2.example.com:2272/",
+            "wss://p1.example.com:2272/agent",
+        ];
+        assert_eq!(
+            hubs("hub_url = [\"wss://p2.example.com:2272\", \"wss://p1.example.com:2272/agent\"]"),
+            two
+        );
+        assert_eq!(
+            hubs("hub_urls = [\"wss://p2.example.com:2272\", \"wss://p1.example.com:2272/agent\"]"),
+            two
+        );
+        assert_eq!(
+            hubs("hub_urls = \"wss://[::1]:2272\""),
+            ["wss://[::1]:2272/"]
+        );
+        let sixteen: Vec<String> = (0..MAX_HUBS)
+            .map(|i| format!("\"wss://p{i}.example.com:2272\""))
+            .collect();
+        assert_eq!(
+            hubs(&format!("hub_urls = [{}]", sixteen.join(", "))).len(),
+            MAX_HUBS
+        );
+    }
+
+    #[test]
+    fn hub_url_problems_name_the_key_and_the_entry() {
+        let err = |text: &str| AgentConfig::parse(text).unwrap_err().to_string();
+        let seventeen: Vec<String> = (0..=MAX_HUBS)
+            .map(|i| format!("\"wss://p{i}.example.com:2272\""))
+            .collect();
+        let seventeen = format!("hub_urls = [{}]", seventeen.join(", "));
+        for (bad, wanted) in [
+            (
+                "hub_url = \"wss://a:2272\"\nhub_urls = [\"wss://b:2272\"]",
+                &["hub_url or hub_urls, not both"][..],
+            ),
+            (
+                "hub_urls = [\"wss://a:2272\", \"https://b:2272\"]",
+                &["hub_urls: \"https://b:2272\" must be a wss:// URL"],
+            ),
+            (
+                "hub_url = [\"http://a\", \"not a url\"]",
+                &[
+                    "hub_url: \"http://a\" must be",
+                    "hub_url: \"not a url\" is not a URL",
+                ],
+            ),
+            (
+                "hub_url = \"wss://\"",
+                &["hub_url: \"wss://\" is not a URL"],
+            ),
+            (
+                "hub_url = \"wss://agent:secret@a:2272\"",
+                &["no credentials"],
+            ),
+            (
+                // The same hub written twice, once with its default port.
+                "hub_urls = [\"wss://a.example.com\", \"wss://a.example.com:443/\"]",
+                &["hub_urls: \"wss://a.example.com:443/\" is listed twice"],
+            ),
+            ("hub_url = []", &["hub_url: must list at least one"]),
+            ("hub_urls = []", &["hub_urls: must list at least one"]),
+            (&seventeen, &["hub_urls: at most 16 hubs"]),
+            ("hub_url = 2272", &["hub_url/hub_urls"]),
+            ("hub_url = [2272]", &["string"]),
+        ] {
+            let e = err(bad);
+            for w in wanted {
+                assert!(e.contains(w), "{bad}: {e}");
+            }
+        }
     }
 
     #[test]

@@ -104,8 +104,16 @@ impl AgentProc {
 
     /// Writes `agent.toml` pointing at `hub`, with `extra` TOML lines appended.
     pub fn configure(&self, hub: SocketAddr, extra: &str) {
+        self.configure_hubs(&[hub], extra);
+    }
+
+    /// Writes `agent.toml` with every hub of `hubs` (`hub_url = [..]`: the agent fails over
+    /// between them), with `extra` TOML lines appended.
+    pub fn configure_hubs(&self, hubs: &[SocketAddr], extra: &str) {
+        let hub_urls: Vec<String> = hubs.iter().map(|h| format!("\"wss://{h}\"")).collect();
+        let hub = hub_urls.join(", ");
         let text = format!(
-            "state_dir = {state:?}\nhostname = {name:?}\nhub_url = \"wss://{hub}\"\nreconnect_min = \"200ms\"\n\
+            "state_dir = {state:?}\nhostname = {name:?}\nhub_url = [{hub}]\nreconnect_min = \"200ms\"\n\
              reconnect_max = \"2s\"\nshutdown_timeout = \"5s\"\nlog_level = \"mpanel_agent=debug,warn\"\n{extra}\n",
             state = self.state_dir().to_str().unwrap(),
             name = self.name,

@@ -6,6 +6,8 @@ pub mod db;
 pub mod fleet;
 pub mod panel;
 pub mod pdns;
+pub mod proxy;
+pub mod replica;
 pub mod selling;
 pub mod smtp;
 pub mod web;

@@ -264,6 +264,32 @@ impl TestApp {
             .expect("wait for panel")
     }
 
+    /// SIGKILL: the panel dies without a word, as in a crash.
+    pub async fn kill(&mut self) {
+        let mut child = self.child.take().expect("panel is running");
+        child.start_kill().expect("SIGKILL");
+        let _ = child.wait().await;
+    }
+
+    /// SIGTERM; waits at most `within` and returns the exit status and how long it took.
+    pub async fn terminate_timed(
+        &mut self,
+        within: Duration,
+    ) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        let mut child = self.child.take().expect("panel is running");
+        let pid = child.id().expect("running child has a pid") as i32;
+        // SAFETY: kill(2) on our own child's pid with a valid signal number.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let status = tokio::time::timeout(within, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the panel did not exit within {within:?} of SIGTERM"))
+            .expect("wait for panel");
+        (status, started.elapsed())
+    }
+
     /// Stops the panel and removes the test's database and Redis keys.
     pub async fn cleanup(mut self) {
         if self.child.is_some() {

@@ -404,8 +404,9 @@ async fn pending_commands_survive_a_killed_agent_and_silent_agents_go_offline() 
 
     // Silent (SIGSTOP): the panel drops it within about two heartbeat intervals and marks
     // the server offline. A ping sent just before is in the agent's socket: on SIGCONT the
-    // agent runs it, its result is lost with the dead connection, the panel re-sends the
-    // same id after the reconnect, and the journal answers it: one execution.
+    // agent either runs it before it notices the dead connection (its result is lost, the
+    // panel re-sends the same id after the reconnect and the journal answers it) or drops
+    // the connection first (the re-sent copy is the one it runs): one execution either way.
     agent.signal(libc::SIGSTOP);
     let stopped_at = std::time::Instant::now();
     let ping = {
@@ -423,12 +424,7 @@ async fn pending_commands_survive_a_killed_agent_and_silent_agents_go_offline() 
     wait_online(&app, &admin, &server, true).await;
     assert_eq!(agent.journal().len(), 2);
     assert_eq!(agent.wait_count(&["executing command"], 2).await, 2);
-    assert_eq!(
-        agent
-            .wait_count(&["command answered from the journal"], 1)
-            .await,
-        1
-    );
+    assert!(agent.count(&["command answered from the journal"]) <= 1);
 
     let status = agent.terminate().await;
     assert!(status.success(), "{status:?}");

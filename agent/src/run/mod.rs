@@ -12,6 +12,11 @@
 //! - **Reconnect**: capped exponential backoff with jitter (a random delay between half and
 //!   all of `min(reconnect_max, reconnect_min × 2^n)`), reset once a connection stayed up
 //!   for [`STABLE_AFTER`]; after a panel restart agents come back spread out, not at once.
+//! - **Failover**: with several hubs (`hub_url = [..]` in `agent.toml`) each failed or lost
+//!   connection moves to the next one, round robin, after the same back-off — never sooner,
+//!   so a herd fleeing a dead replica stays spread out in time. Each agent starts at the hub
+//!   its id picks ([`hub_order`]), so agents sharing a list spread over the replicas and an
+//!   agent always comes back to the same one first.
 //! - **Shutdown** (SIGTERM/SIGINT): no new commands; running ones finish (bounded by
 //!   `shutdown_timeout`) and their results are sent while the connection lasts.
 
@@ -45,6 +50,17 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// command and the journal answers).
 const OUTBOX_CAPACITY: usize = 256;
 
+/// The hubs in the order this agent dials them, without end: first the one at
+/// `agent_id mod n` (the same for every start of this agent, spread evenly over agents
+/// whose ids are random), then round robin. Empty only when `urls` is.
+pub fn hub_order<T>(urls: &[T], agent_id: Uuid) -> impl Iterator<Item = &T> {
+    let start = match urls.len() {
+        0 => 0,
+        n => (agent_id.as_u128() % n as u128) as usize,
+    };
+    urls.iter().cycle().skip(start)
+}
+
 /// The delay before reconnect attempt `attempt` (0-based).
 pub fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
     let base = min
@@ -58,7 +74,6 @@ pub fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
 struct Agent {
     config: AgentConfig,
     state: StateDir,
-    hub_url: Url,
     hostname: Hostname,
     journal: Mutex<Journal>,
     running: Mutex<HashSet<Uuid>>,
@@ -76,9 +91,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             state.root().display()
         )
     })?;
-    let hub_url = match &config.hub_url {
-        Some(u) => u.clone(),
-        None => Url::parse(&record.hub_url).context("the hub URL in enrollment.json")?,
+    // Never empty: agent.toml's list, or the one URL the panel gave at enrollment.
+    let hub_urls = if config.hub_urls.is_empty() {
+        vec![Url::parse(&record.hub_url).context("the hub URL in enrollment.json")?]
+    } else {
+        config.hub_urls.clone()
     };
     let journal = Journal::open(&config.journal_file)?;
     if config.roles.contains(&mpanel_protocol::messages::Role::Dns) {
@@ -103,7 +120,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(
         agent_id = %record.agent_id,
         server_id = %record.server_id,
-        hub = %hub_url,
+        hubs = ?hub_urls.iter().map(Url::as_str).collect::<Vec<_>>(),
         roles = ?config.roles,
         journal_entries = journal.len(),
         version = VERSION,
@@ -113,7 +130,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         collector: Arc::new(Mutex::new(Collector::new(&config.roles))),
         config,
         state,
-        hub_url,
         hostname,
         journal: Mutex::new(journal),
         running: Mutex::new(HashSet::new()),
@@ -122,11 +138,29 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     });
 
     let mut attempt = 0u32;
-    loop {
+    // `None` before the first dial; then the back-off before dialling the next hub.
+    let mut pause: Option<Duration> = None;
+    for hub in hub_order(&hub_urls, record.agent_id) {
+        if let Some(delay) = pause {
+            tracing::info!(
+                hub = %hub,
+                delay_ms = delay.as_millis() as u64,
+                attempt,
+                "reconnecting"
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
         let started = Instant::now();
-        match session::serve(&agent, &mut outbox_rx, &shutdown).await {
-            Ok(()) => tracing::info!("connection to the hub closed"),
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "connection to the hub failed"),
+        match session::serve(&agent, hub, &mut outbox_rx, &shutdown).await {
+            Ok(()) => tracing::info!(hub = %hub, "connection to the hub closed"),
+            Err(e) => tracing::warn!(
+                hub = %hub,
+                error = format!("{e:#}"),
+                "connection to the hub failed"
+            ),
         }
         if shutdown.is_cancelled() {
             break;
@@ -134,17 +168,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         if started.elapsed() >= STABLE_AFTER {
             attempt = 0;
         }
-        let delay = backoff(
+        pause = Some(backoff(
             agent.config.reconnect_min,
             agent.config.reconnect_max,
             attempt,
-        );
+        ));
         attempt = attempt.saturating_add(1);
-        tracing::info!(delay_ms = delay.as_millis() as u64, attempt, "reconnecting");
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(delay) => {}
-        }
     }
     agent.tracker.close();
     if timeout(agent.config.shutdown_timeout, agent.tracker.wait())
@@ -196,5 +225,49 @@ mod tests {
         }
         let samples: HashSet<u128> = (0..20).map(|_| backoff(min, max, 5).as_millis()).collect();
         assert!(samples.len() > 1, "jittered");
+    }
+
+    #[test]
+    fn hub_order_starts_where_the_agent_id_says_and_goes_round_robin() {
+        let hubs = ["a", "b", "c"];
+        let walk = |id: u128| -> Vec<&str> {
+            hub_order(&hubs, Uuid::from_u128(id))
+                .take(7)
+                .copied()
+                .collect()
+        };
+        assert_eq!(walk(0), ["a", "b", "c", "a", "b", "c", "a"]);
+        assert_eq!(walk(4), ["b", "c", "a", "b", "c", "a", "b"]);
+        assert_eq!(walk(u128::MAX), ["a", "b", "c", "a", "b", "c", "a"]); // 2^128-1 ≡ 0 (mod 3)
+        // Deterministic: a restart dials the same hub first.
+        let id = Uuid::new_v4();
+        assert!(
+            hub_order(&hubs, id)
+                .take(9)
+                .eq(hub_order(&hubs, id).take(9))
+        );
+        // One hub: always that one; none: nothing to dial.
+        assert!(hub_order(&["only"], id).take(5).all(|h| *h == "only"));
+        assert_eq!(hub_order::<&str>(&[], id).count(), 0);
+    }
+
+    #[test]
+    fn hub_order_spreads_agents_over_the_hubs() {
+        for n in 1..=crate::config::MAX_HUBS {
+            let hubs: Vec<usize> = (0..n).collect();
+            // Consecutive ids: exactly even.
+            let mut first = vec![0usize; n];
+            for id in 0..(n as u128 * 10) {
+                first[*hub_order(&hubs, Uuid::from_u128(id)).next().unwrap()] += 1;
+            }
+            assert!(first.iter().all(|&c| c == 10), "{n}: {first:?}");
+            // Random (v4) ids, as the panel issues them: about even.
+            let agents = 400 * n;
+            let mut first = vec![0usize; n];
+            for _ in 0..agents {
+                first[*hub_order(&hubs, Uuid::new_v4()).next().unwrap()] += 1;
+            }
+            assert!(first.iter().all(|&c| c > 250 && c < 550), "{n}: {first:?}");
+        }
     }
 }

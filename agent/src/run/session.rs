@@ -25,6 +25,7 @@ use tokio::{
 };
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
+use url::Url;
 
 use super::{
     Agent, renewal,
@@ -32,16 +33,17 @@ use super::{
 };
 use crate::{VERSION, executors, journal};
 
-/// One connection: connect, Hello → Welcome, then the `select!` loop until the hub closes,
-/// fails, goes silent, or we shut down.
+/// One connection to `hub`: connect, Hello → Welcome, then the `select!` loop until the hub
+/// closes, fails, goes silent, or we shut down.
 pub(super) async fn serve(
     agent: &Arc<Agent>,
+    hub: &Url,
     outbox: &mut mpsc::Receiver<AgentMessage>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut ws = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
-        ws = connect(agent) => ws?,
+        ws = connect(agent, hub) => ws?,
     };
     let hello = AgentMessage::Hello(Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -67,6 +69,7 @@ pub(super) async fn serve(
     .await
     .context("no welcome from the hub")??;
     tracing::info!(
+        hub = %hub,
         agent_id = %welcome.agent_id,
         server_id = %welcome.server_id,
         heartbeat_secs = welcome.heartbeat_secs,

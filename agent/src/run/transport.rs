@@ -2,7 +2,8 @@
 //! connect, and writing one frame with a time limit. Knows nothing of what the frames say.
 //!
 //! - **Trust**: the hub is verified against `ca.crt` only (the CA the enrollment token
-//!   pinned), by the host name of the hub URL; the agent proves itself with `agent.crt`.
+//!   pinned), by the host name of the URL being dialled (with several hubs, each URL's own);
+//!   the agent proves itself with `agent.crt`.
 //! - **Limits**: the WebSocket uses the protocol's buffers and message limit
 //!   ([`mpanel_protocol::ws::ws_config`], the same as the hub's).
 //! - Nothing is written without a time limit, so a hub that stops reading cannot pin us.
@@ -19,6 +20,7 @@ use rustls::{
 use tokio::{net::TcpStream, time::timeout};
 use tokio_rustls::{TlsConnector, client::TlsStream};
 use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
+use url::Url;
 
 use super::{Agent, read};
 use crate::{config::AgentConfig, enroll};
@@ -64,8 +66,8 @@ pub(super) async fn send(ws: &mut Ws, msg: &AgentMessage, limit: Duration) -> an
         .context("write to the hub")
 }
 
-pub(super) async fn connect(agent: &Agent) -> anyhow::Result<Ws> {
-    let url = &agent.hub_url;
+/// Dials `url`, one of the agent's hubs; its host is the TLS server name checked.
+pub(super) async fn connect(agent: &Agent, url: &Url) -> anyhow::Result<Ws> {
     let host = url.host_str().context("the hub URL has no host")?;
     let port = url.port_or_known_default().unwrap_or(443);
     let name = ServerName::try_from(

@@ -194,7 +194,7 @@ where
         Some((true, Some(true))) => {}
     }
     set_job_server(state, job.id, server).await?;
-    run_on_within(state, server, command, BACKUP_DEADLINE).await
+    run_on_within(state, job, server, command, BACKUP_DEADLINE).await
 }
 
 async fn record_success(

@@ -139,7 +139,7 @@ async fn provision(
         .map_err(|e| permanent(format!("the zone would be invalid: {e}")))?;
 
     set_job_server(state, job.id, dns_server).await?;
-    let output = run_on(state, dns_server, command).await?;
+    let output = run_on(state, job, dns_server, command).await?;
     store::record_sync(&state.db, zone_id, job.id, output.serial)
         .await
         .map_err(db_error)?;

@@ -54,8 +54,11 @@ use uuid::Uuid;
 use super::gate::{HandshakeGate, Pass};
 use super::{
     ca::AGENT_CERT_VALIDITY,
-    dispatch::{ConnHandle, Outbound},
+    commands,
+    dispatch::{ConnHandle, Outbound, Taken},
     presence,
+    route::open_envelope,
+    router,
     tls::{self, PeerIdentity},
 };
 use crate::{
@@ -389,8 +392,13 @@ impl Conn {
             resent = resend.len(),
             "agent connected"
         );
+        let resend = self.with_waiting_rows(resend).await;
+        let ids: Vec<uuid::Uuid> = resend.iter().map(|e| e.command_id).collect();
         for envelope in resend {
             self.send(ws, &PanelMessage::Command(envelope)).await?;
+        }
+        if !ids.is_empty() {
+            let _ = commands::mark_delivered(&self.state.db, &ids).await;
         }
 
         let mut tick = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
@@ -461,7 +469,13 @@ impl Conn {
             AgentMessage::Hello(_) => tracing::debug!("ignored a second hello"),
             AgentMessage::Heartbeat { .. } => {}
             AgentMessage::Accepted { command_id } => {
-                self.state.fleet.accepted(self.server_id, command_id);
+                if !self.state.fleet.accepted(self.server_id, command_id) {
+                    // Its sender is another process: the row says so.
+                    let (db, server) = (self.state.db.clone(), self.server_id);
+                    tokio::spawn(async move {
+                        let _ = commands::mark_accepted(&db, server, command_id).await;
+                    });
+                }
             }
             AgentMessage::Progress {
                 command_id,
@@ -474,13 +488,7 @@ impl Conn {
                 command_id,
                 outcome,
             } => {
-                if !self
-                    .state
-                    .fleet
-                    .complete(self.server_id, command_id, outcome)
-                {
-                    tracing::debug!(%command_id, "result for a command nobody waits for");
-                }
+                self.on_result(command_id, outcome);
             }
             AgentMessage::Metrics(report) => {
                 if self
@@ -517,6 +525,61 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// The re-send at connect: the in-memory commands waiting for this server plus every
+    /// row waiting for it (sent by any process), oldest first, each at most once.
+    async fn with_waiting_rows(
+        &self,
+        mut resend: Vec<mpanel_protocol::messages::CommandEnvelope>,
+    ) -> Vec<mpanel_protocol::messages::CommandEnvelope> {
+        match commands::waiting(&self.state.db, Some(self.server_id)).await {
+            Ok(rows) => {
+                for row in rows {
+                    match open_envelope(&self.state, &row.envelope) {
+                        Ok(envelope) => resend.push(envelope),
+                        Err(reason) => {
+                            router::fail_unreadable(&self.state, self.server_id, row.id, &reason)
+                                .await
+                        }
+                    }
+                }
+            }
+            // The periodic look sends them once the database answers.
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the commands waiting for this agent")
+            }
+        }
+        resend.sort_by_key(|e| e.issued_at);
+        self.state
+            .fleet
+            .claim_for_resend(self.server_id, self.conn_id, resend)
+    }
+
+    /// A result: to its sender here at once, and into its row (which wakes a sender
+    /// elsewhere, and lets a later run of its job find it).
+    fn on_result(&self, command_id: uuid::Uuid, outcome: mpanel_protocol::messages::Outcome) {
+        let ok = matches!(outcome, mpanel_protocol::messages::Outcome::Ok { .. });
+        let sealed = serde_json::to_vec(&outcome).map(|b| self.state.sealer.seal(&b));
+        if self
+            .state
+            .fleet
+            .complete(self.server_id, command_id, outcome)
+            == Taken::Ephemeral
+        {
+            return;
+        }
+        let Ok(sealed) = sealed else { return };
+        let (db, server) = (self.state.db.clone(), self.server_id);
+        tokio::spawn(async move {
+            match commands::complete(&db, server, command_id, sealed, ok).await {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!(%command_id, "result for a command nobody waits for"),
+                Err(e) => {
+                    tracing::warn!(%command_id, error = %e, "could not store a command's outcome")
+                }
+            }
+        });
     }
 
     /// Signs a new certificate with the same identity for the CSR's key and records it.

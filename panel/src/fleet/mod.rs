@@ -7,21 +7,28 @@
 //! - [`tls`]: the hub's rustls configuration: client certificates from our CA only, revoked
 //!   serials refused at the handshake; the agent identity read from a certificate.
 //! - [`hub`]: the agents' mTLS WebSocket listener and one task per connection.
-//! - [`dispatch`]: the registry of live connections and [`Fleet::send`], a typed command to a
-//!   server's agent with a deadline.
+//! - [`route`]: [`route::send`], a typed command to a server's agent with a deadline, from any
+//!   panel process to whichever holds the agent (and why PostgreSQL carries it).
+//! - [`dispatch`]: this process's connections and the commands it waits for (in memory).
+//! - [`commands`]: `agent_commands`, the durable half: each command until its outcome.
+//! - [`router`]: the `LISTEN` loop every panel process runs: commands to write to agents
+//!   held here, outcomes for senders here, revocations made elsewhere.
 //! - [`presence`]: online/offline and last seen (Redis and PostgreSQL), metrics history.
 //!
 //! Wire types (messages, enrollment bodies, the token format) live in
 //! `mpanel_protocol::messages`; this module converts at the edge and owns the database rows
-//! (`agents`, `agent_certificates`, `enrollment_tokens`, `server_metrics`, the presence
+//! (`agents`, `agent_certificates`, `enrollment_tokens`, `server_metrics`, `agent_commands`, the presence
 //! columns of `servers`). It never talks to agents itself over HTTP: agents dial in.
 
 pub mod ca;
+pub mod commands;
 pub mod dispatch;
 pub mod enroll;
 pub mod gate;
 pub mod hub;
 pub mod presence;
+pub mod route;
+pub mod router;
 pub mod tls;
 
 pub use ca::CertificateAuthority;

@@ -1,6 +1,6 @@
 //! Presence and health of servers, as the hub learns them from their agents.
 //!
-//! - **Redis** `<prefix>fleet:presence:<server_id>` = `{"agentId","version","connId",…}` with
+//! - **Redis** `<prefix>fleet:presence:<server_id>` = `{"agentId","version","connId","replica",…}` with
 //!   a TTL of three heartbeat intervals, refreshed on every heartbeat: it disappears by itself
 //!   when the replica holding the connection dies.
 //! - **PostgreSQL** `servers.agent_online/agent_version/last_seen_at` and
@@ -10,8 +10,10 @@
 //! - `server_metrics`: one row per accepted report, at most one per second per server, kept
 //!   for `AGENT_METRICS_RETENTION` and at most [`MAX_SAMPLES_PER_SERVER`] per server.
 //!
-//! The maintenance loop prunes metrics, reloads the revoked serials and marks offline the
-//! servers whose `last_seen_at` went stale (their replica died without saying so).
+//! The maintenance loop of every replica's hub reloads its own cache of revoked serials
+//! (per process, so everywhere), marks offline the servers whose `last_seen_at` went stale
+//! (their replica died without saying so; idempotent, so everywhere) and prunes metrics and
+//! finished commands (elected: one replica at a time, under an advisory lock).
 
 use std::time::Duration;
 
@@ -23,6 +25,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::commands;
 use crate::{app::AppState, model::ServerRole};
 
 /// How often a connected server's `last_seen_at` is written to PostgreSQL.
@@ -30,6 +33,11 @@ pub const DB_TOUCH_EVERY: Duration = Duration::from_secs(30);
 /// Most samples kept per server (a week at one every 30 s).
 pub const MAX_SAMPLES_PER_SERVER: i64 = 20_160;
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
+/// Finished (or expired) commands are kept this long for a later run of their job, then
+/// deleted; well past `fleet::route::REUSE_WINDOW`.
+pub const COMMAND_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// The advisory lock key of the elected pruning ("mpanel prune").
+const PRUNE_LOCK: i64 = 0x6d70_616e_656c_7072;
 
 pub fn presence_key(state: &AppState, server_id: Uuid) -> String {
     state.redis.key(&format!("fleet:presence:{server_id}"))
@@ -100,7 +108,7 @@ pub async fn touch_redis(
         "agentId": agent_id,
         "version": version,
         "connId": conn_id,
-        "pid": std::process::id(),
+        "replica": state.fleet.replica,
         "lastSeenAt": Utc::now(),
     })
     .to_string();
@@ -178,12 +186,15 @@ pub async fn store_metrics(
     Ok(())
 }
 
-/// Deletes samples past retention and beyond the per-server cap; returns how many.
-pub async fn prune_metrics(state: &AppState) -> anyhow::Result<u64> {
-    let retention = chrono::Duration::from_std(state.config.fleet.metrics_retention)?;
+/// Deletes samples past `retention` and beyond the per-server cap; returns how many.
+pub async fn prune_metrics(
+    conn: &mut sqlx::PgConnection,
+    retention: Duration,
+) -> anyhow::Result<u64> {
+    let retention = chrono::Duration::from_std(retention)?;
     let old = sqlx::query("DELETE FROM server_metrics WHERE collected_at < $1")
         .bind(Utc::now() - retention)
-        .execute(&state.db)
+        .execute(&mut *conn)
         .await?
         .rows_affected();
     let over = sqlx::query(
@@ -194,10 +205,27 @@ pub async fn prune_metrics(state: &AppState) -> anyhow::Result<u64> {
               WHERE n > $1)",
     )
     .bind(MAX_SAMPLES_PER_SERVER)
-    .execute(&state.db)
+    .execute(&mut *conn)
     .await?
     .rows_affected();
     Ok(old + over)
+}
+
+/// The pruning of every replica's maintenance, done by one at a time: the deletes are heavy
+/// and would only wait on each other's row locks. `None` when another replica holds it.
+async fn prune_elected(state: &AppState) -> anyhow::Result<Option<(u64, u64)>> {
+    let mut tx = state.db.begin().await?;
+    let elected: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(PRUNE_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !elected {
+        return Ok(None);
+    }
+    let metrics = prune_metrics(&mut tx, state.config.fleet.metrics_retention).await?;
+    let commands = commands::prune(&mut *tx, COMMAND_RETENTION).await?;
+    tx.commit().await?;
+    Ok(Some((metrics, commands)))
 }
 
 /// Servers marked online whose `last_seen_at` stopped moving: whoever held them is gone.
@@ -231,10 +259,16 @@ pub async fn maintenance(state: AppState, shutdown: CancellationToken) {
         if let Err(e) = sweep_stale(&state).await {
             tracing::warn!(error = format!("{e:#}"), "presence sweep failed");
         }
-        match prune_metrics(&state).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "pruned server metrics"),
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "metrics pruning failed"),
+        match prune_elected(&state).await {
+            Ok(None | Some((0, 0))) => {}
+            Ok(Some((metrics, commands))) => {
+                tracing::info!(
+                    metrics,
+                    commands,
+                    "pruned server metrics and finished commands"
+                )
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "pruning failed"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

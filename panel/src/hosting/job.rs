@@ -201,6 +201,7 @@ async fn provision(
     set_job_server(state, job.id, server).await?;
     let output = run_on(
         state,
+        job,
         server,
         CreateSite {
             domain: domain.clone(),
@@ -304,6 +305,7 @@ async fn account_action(
             let suspended = action == AccountAction::Suspend;
             let out = run_on(
                 state,
+                job,
                 account.server_id,
                 SetSiteSuspended {
                     domain,
@@ -326,6 +328,7 @@ async fn account_action(
         AccountAction::Terminate => {
             let out = run_on(
                 state,
+                job,
                 account.server_id,
                 web::TerminateSite {
                     domain,

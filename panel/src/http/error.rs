@@ -4,6 +4,10 @@
 //! Handlers return `Result<T, ApiError>`. Internal causes (SQL, Redis, I/O) are logged once
 //! here with the request's span and never sent: the client sees `internal_error` and the
 //! request id to quote.
+//!
+//! PostgreSQL being unreachable is not a bug of the request: wherever it surfaces (a
+//! `sqlx::Error` or an `anyhow` chain holding one) it answers 503 `database_unavailable`
+//! with `Retry-After`, logged as a one-line warning.
 
 use axum::{
     Json,
@@ -42,6 +46,10 @@ pub enum ApiError {
     TooManyRequests { retry_after_secs: u64 },
     #[error("{message}")]
     Unavailable { message: String, details: Value },
+    /// PostgreSQL cannot be reached (down, restarting, no connection within the pool's
+    /// timeout). The cause, which holds a `sqlx::Error`, is logged and never sent.
+    #[error("the database is unavailable; try again shortly")]
+    DatabaseUnavailable(anyhow::Error),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -73,8 +81,30 @@ impl ApiError {
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::DatabaseUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The envelope's `code`: the status's, except where one status has several causes a
+    /// client may act on differently.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::DatabaseUnavailable(_) => "database_unavailable",
+            other => code_for(other.status()),
+        }
+    }
+
+    /// An internal error whose cause is the database being unreachable becomes
+    /// `DatabaseUnavailable`; everything else is unchanged.
+    fn classified(self) -> ApiError {
+        match self {
+            ApiError::Internal(cause) if unavailable_cause(&cause).is_some() => {
+                ApiError::DatabaseUnavailable(cause)
+            }
+            other => other,
         }
     }
 
@@ -93,8 +123,55 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        ApiError::Internal(anyhow::Error::new(e).context("database"))
+        let unavailable = database_unavailable(&e);
+        let cause = anyhow::Error::new(e).context("database");
+        if unavailable {
+            ApiError::DatabaseUnavailable(cause)
+        } else {
+            ApiError::Internal(cause)
+        }
     }
+}
+
+/// Seconds a client is asked to wait before retrying while the database is unavailable
+/// (about the pool's acquire timeout).
+const DATABASE_RETRY_AFTER_SECS: u64 = 5;
+
+/// Whether `e` says PostgreSQL cannot be reached, as opposed to a failed query: no connection
+/// within the pool's timeout, a closed pool, a broken or refused connection (also when
+/// wrapped), or the server refusing sessions because it is shutting down or starting up
+/// (SQLSTATE class 08, and 57P01–57P03).
+pub fn database_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        other => {
+            let mut source = std::error::Error::source(other);
+            while let Some(inner) = source {
+                if inner
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+                {
+                    return true;
+                }
+                source = inner.source();
+            }
+            false
+        }
+    }
+}
+
+/// The `sqlx::Error` in `cause`'s chain that says the database is unreachable, if any.
+fn unavailable_cause(cause: &anyhow::Error) -> Option<&sqlx::Error> {
+    cause
+        .chain()
+        .filter_map(|e| e.downcast_ref::<sqlx::Error>())
+        .find(|e| database_unavailable(e))
 }
 
 impl From<redis::RedisError> for ApiError {
@@ -105,15 +182,29 @@ impl From<redis::RedisError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        if let ApiError::Internal(cause) = &self {
-            // Logged inside the request span, which carries the request id.
-            tracing::error!(error = format!("{cause:#}"), "request failed");
+        let this = self.classified();
+        let status = this.status();
+        // Logged inside the request span, which carries the request id.
+        match &this {
+            ApiError::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "request failed");
+            }
+            // Expected while PostgreSQL is down and said once per request: no cause chain.
+            ApiError::DatabaseUnavailable(cause) => match unavailable_cause(cause) {
+                Some(e) => tracing::warn!(error = %e, "database unavailable"),
+                None => tracing::warn!(error = %cause, "database unavailable"),
+            },
+            _ => {}
         }
-        let mut res = envelope(status, code_for(status), &self.to_string(), self.details());
-        if let ApiError::TooManyRequests { retry_after_secs } = self {
+        let mut res = envelope(status, this.code(), &this.to_string(), this.details());
+        let retry_after = match this {
+            ApiError::TooManyRequests { retry_after_secs } => Some(retry_after_secs),
+            ApiError::DatabaseUnavailable(_) => Some(DATABASE_RETRY_AFTER_SECS),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }
@@ -173,4 +264,57 @@ pub async fn normalize_error_body(res: Response) -> Response {
         fresh_parts.headers[header::CONTENT_TYPE].clone(),
     );
     Response::from_parts(parts, Body::new(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(e: ApiError) -> (StatusCode, Option<String>) {
+        let res = e.into_response();
+        let retry = res
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        (res.status(), retry)
+    }
+
+    #[test]
+    fn an_unreachable_database_is_503_with_retry_after() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        for e in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(refused),
+        ] {
+            let e = ApiError::from(e);
+            assert_eq!(e.code(), "database_unavailable");
+            assert_eq!(
+                answer(e),
+                (StatusCode::SERVICE_UNAVAILABLE, Some("5".into()))
+            );
+        }
+    }
+
+    #[test]
+    fn an_internal_error_caused_by_an_unreachable_database_is_503() {
+        let cause = anyhow::Error::new(sqlx::Error::PoolTimedOut)
+            .context("loading the session")
+            .context("authenticating");
+        let e = ApiError::Internal(cause).classified();
+        assert!(matches!(e, ApiError::DatabaseUnavailable(_)), "{e:?}");
+        assert_eq!(
+            answer(e),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("5".into()))
+        );
+    }
+
+    #[test]
+    fn other_database_errors_stay_internal() {
+        let e = ApiError::from(sqlx::Error::RowNotFound);
+        assert_eq!(e.code(), "internal_error");
+        assert_eq!(answer(e), (StatusCode::INTERNAL_SERVER_ERROR, None));
+        let e = ApiError::Internal(anyhow::anyhow!("no hostmaster address")).classified();
+        assert!(matches!(e, ApiError::Internal(_)), "{e:?}");
+    }
 }

@@ -1,5 +1,9 @@
 //! `GET /api/public/health`: is the panel able to serve? Reports the database and Redis and
 //! nothing about the configuration (no hosts, versions or paths).
+//!
+//! Only PostgreSQL decides whether the panel serves: it holds every order and job, so with
+//! Redis down orders are still accepted (their jobs are queued once Redis is back) and the
+//! answer is 200 `degraded`, never a 503 that would take the panel out of a load balancer.
 
 use std::time::{Duration, Instant};
 
@@ -13,17 +17,18 @@ use crate::{app::AppState, http::openapi::ErrorBody};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The answer while every dependency is up.
+/// The answer while the database is up.
 #[derive(Serialize, ToSchema)]
 #[schema(as = PanelHealth)]
-pub struct Healthy {
-    /// `ok`.
+pub struct Health {
+    /// `ok` when every dependency is up; `degraded` when Redis is down (orders are still
+    /// accepted, their jobs run once Redis is back).
     status: &'static str,
     checks: Checks,
 }
 
-/// One probe per dependency. (A 503 answer carries the same object, then with
-/// `"status": "degraded"`, in `error.details`.)
+/// One probe per dependency. (The 503 answer, database down, carries the same object, then
+/// with `"status": "down"`, in `error.details`.)
 #[derive(Serialize, ToSchema)]
 #[schema(as = HealthChecks)]
 pub struct Checks {
@@ -40,13 +45,14 @@ pub struct Check {
     latency_ms: u64,
 }
 
-/// Whether the panel can serve: its database and Redis, each up or down (no token).
+/// Whether the panel can serve: its database and Redis, each up or down (no token). Redis
+/// down is `degraded` but still 200; only the database down is a 503.
 #[utoipa::path(get, path = "/api/public/health", tag = "public", operation_id = "getHealth",
     responses(
-        (status = 200, description = "The panel and its dependencies are up", body = Healthy),
-        (status = 503, description = "A dependency is down; `error.details` is `{status: \"degraded\", checks}`", body = ErrorBody),
+        (status = 200, description = "The panel serves: `status` is `ok`, or `degraded` while Redis is down (orders are still accepted; their jobs run once it is back)", body = Health),
+        (status = 503, description = "The database is down; `error.details` is `{status: \"down\", checks}`", body = ErrorBody),
     ))]
-pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Healthy>> {
+pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
     let db = check(async {
         sqlx::query_scalar::<_, i32>("SELECT 1")
             .fetch_one(&state.db)
@@ -55,23 +61,16 @@ pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Healthy>> {
             .map_err(|e| e.to_string())
     });
     let redis = check(async { state.redis.ping().await.map_err(|e| e.to_string()) });
-    let (db, redis) = tokio::join!(db, redis);
-    let healthy = db.0 && redis.0;
-    let checks = Checks {
-        database: db.1,
-        redis: redis.1,
-    };
-    if healthy {
-        Ok(Json(Healthy {
-            status: "ok",
-            checks,
-        }))
-    } else {
-        Err(ApiError::Unavailable {
-            message: "a dependency of the panel is down".to_owned(),
-            details: json!({ "status": "degraded", "checks": checks }),
-        })
+    let ((db_up, database), (redis_up, redis)) = tokio::join!(db, redis);
+    let checks = Checks { database, redis };
+    if !db_up {
+        return Err(ApiError::Unavailable {
+            message: "the database of the panel is down".to_owned(),
+            details: json!({ "status": "down", "checks": checks }),
+        });
     }
+    let status = if redis_up { "ok" } else { "degraded" };
+    Ok(Json(Health { status, checks }))
 }
 
 /// Runs one probe with a deadline; the cause is logged, only up/down is answered.

@@ -62,7 +62,8 @@ pub struct ErrorBody {
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable and machine-readable: `validation_failed`, `unauthorized`, `forbidden`,
-    /// `not_found`, `conflict`, `unprocessable_entity`, `rate_limited`, …
+    /// `not_found`, `conflict`, `unprocessable_entity`, `rate_limited`, `service_unavailable`,
+    /// `database_unavailable` (503 with `Retry-After`: the database is down; retry), …
     pub code: String,
     /// For people; names the field or the rule that was broken.
     pub message: String,

@@ -1,27 +1,31 @@
 //! What job executors share to reach the fleet: a typed command sent to a server's agent
-//! (through `fleet::dispatch`), its outcome turned into a job result or a retryable /
-//! permanent failure, and the choice of a tenant's server for a role.
-//!
-//! Commands reach an agent only through the process whose fleet hub holds its connection:
-//! a standalone `mpanel worker` has no hub, so fleet jobs it takes fail retryably ("agent
-//! offline") and are retried — possibly by the panel's own worker. Routing commands between
-//! processes is the multi-replica design note in `fleet::dispatch`.
+//! (through `fleet::route`, from whichever process runs the job to whichever holds the
+//! agent), its outcome turned into a job result or a retryable / permanent failure, and the
+//! choice of a tenant's server for a role.
 
 use std::time::Duration;
 
 use mpanel_protocol::messages::{AgentCommand, Command, Outcome};
 use uuid::Uuid;
 
-use super::dispatcher::DispatchError;
-use crate::{app::AppState, fleet::dispatch::DispatchError as FleetError};
+use super::dispatcher::{DispatchError, JobToRun};
+use crate::{
+    app::AppState,
+    fleet::{
+        dispatch::DispatchError as FleetError,
+        route::{self, Origin},
+    },
+};
 
 /// How long one command may wait for its agent (to connect, and to answer).
 const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Sends `command` to `server`'s agent and returns its typed output; transport problems and
-/// the agent's own errors become retryable or permanent job failures.
+/// Sends `command` to `server`'s agent as the next step of `job` and returns its typed
+/// output; transport problems and the agent's own errors become retryable or permanent job
+/// failures.
 pub async fn run_on<C>(
     state: &AppState,
+    job: &JobToRun,
     server: Uuid,
     command: C,
 ) -> Result<C::Output, DispatchError>
@@ -29,12 +33,13 @@ where
     C: AgentCommand,
     Command: From<C>,
 {
-    run_on_within(state, server, command, COMMAND_DEADLINE).await
+    run_on_within(state, job, server, command, COMMAND_DEADLINE).await
 }
 
 /// [`run_on`] with its own deadline (backups run for hours, not seconds).
 pub async fn run_on_within<C>(
     state: &AppState,
+    job: &JobToRun,
     server: Uuid,
     command: C,
     deadline: Duration,
@@ -43,9 +48,11 @@ where
     C: AgentCommand,
     Command: From<C>,
 {
-    let outcome = state
-        .fleet
-        .send(server, command, deadline)
+    let origin = Origin::Job {
+        job_id: job.id,
+        step: job.next_step(),
+    };
+    let outcome = route::send(state, server, command.into(), deadline, origin)
         .await
         .map_err(|e| match e {
             FleetError::Offline => DispatchError::Retryable("the server's agent is offline".into()),

@@ -2,7 +2,12 @@
 //! servers: it hands each job to a `Dispatcher` and records the outcome. [`Fleet`] runs each
 //! payload's own executor (its `JobKind::run`); [`Simulate`] pretends, for development.
 
-use std::{future::Future, pin::Pin, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::atomic::{AtomicI32, Ordering},
+    time::Duration,
+};
 
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -17,6 +22,33 @@ pub struct JobToRun {
     pub order_id: Option<Uuid>,
     pub payload: JobPayload,
     pub attempt: i32,
+    /// Commands sent so far in this run: the step number of the next one
+    /// (`fleet::route` reuses an earlier run's command of the same step).
+    pub steps: AtomicI32,
+}
+
+impl JobToRun {
+    pub fn new(
+        id: Uuid,
+        tenant_id: Uuid,
+        order_id: Option<Uuid>,
+        payload: JobPayload,
+        attempt: i32,
+    ) -> JobToRun {
+        JobToRun {
+            id,
+            tenant_id,
+            order_id,
+            payload,
+            attempt,
+            steps: AtomicI32::new(0),
+        }
+    }
+
+    /// The step number of the command about to be sent.
+    pub fn next_step(&self) -> i32 {
+        self.steps.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -429,6 +429,54 @@ where
     Ok(due.len())
 }
 
+/// Marks every PENDING job as never pushed, so the next sweep pushes them at once: called
+/// when Redis lost the stream (it restarted empty), since the messages of jobs already
+/// marked enqueued are gone and would otherwise wait `REPUSH_AFTER`. A job still on a live
+/// stream is merely pushed twice, which is harmless (the claim decides). The number marked.
+pub async fn forget_enqueued(db: &PgPool) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE jobs SET enqueued_at = NULL WHERE status = 'PENDING' AND enqueued_at IS NOT NULL",
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// A job this worker stops running at shutdown goes back to PENDING at once, its attempt
+/// not counted (it did not fail); false when the lease was no longer ours.
+pub async fn hand_back(
+    db: &PgPool,
+    job_id: Uuid,
+    tenant_id: Uuid,
+    worker: &str,
+) -> sqlx::Result<bool> {
+    let mut tx = db.begin().await?;
+    let done = sqlx::query(
+        "UPDATE jobs SET status = 'PENDING', attempts = GREATEST(attempts - 1, 0),
+                locked_by = NULL, locked_until = NULL, enqueued_at = NULL, run_at = now()
+          WHERE id = $1 AND locked_by = $2 AND status = 'RUNNING'",
+    )
+    .bind(job_id)
+    .bind(worker)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    log(
+        &mut tx,
+        job_id,
+        tenant_id,
+        Some(JobStatus::Running),
+        JobStatus::Pending,
+        "handed back at shutdown",
+        Some(json!({ "worker": worker })),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 pub use crate::util::backoff;
 
 #[cfg(test)]

@@ -52,6 +52,8 @@ impl Worker {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(cfg.concurrency));
         let this = Arc::new(self);
+        // Cancelled when the shutdown timeout passes with jobs still running.
+        let abort = CancellationToken::new();
         tracing::info!(worker = %this.id, concurrency = cfg.concurrency, "worker started");
         let mut group_ready = false;
 
@@ -79,16 +81,29 @@ impl Worker {
             match next {
                 Ok(Some(delivery)) => {
                     let worker = this.clone();
+                    let abort = abort.clone();
                     tracker.spawn(async move {
-                        worker.handle(delivery).await;
+                        worker.handle(delivery, &abort).await;
                         drop(permit);
                     });
                 }
                 Ok(None) => drop(permit),
                 Err(e) => {
                     drop(permit);
-                    // NOGROUP: Redis restarted without its data; recreate the group.
+                    // NOGROUP: Redis restarted without its data; recreate the group, and have
+                    // the sweeper push again, now, the pending jobs whose messages were lost.
                     group_ready = e.code() != Some("NOGROUP");
+                    if !group_ready {
+                        match store::forget_enqueued(&this.state.db).await {
+                            Ok(jobs) => tracing::warn!(
+                                jobs,
+                                "the job stream was lost (Redis restarted empty); pending jobs will be pushed again"
+                            ),
+                            Err(cause) => {
+                                tracing::warn!(error = %cause, "could not mark pending jobs for pushing again")
+                            }
+                        }
+                    }
                     tracing::warn!(error = %e, "reading the job queue failed; retrying");
                     if pause(&shutdown, Duration::from_secs(1)).await {
                         break;
@@ -99,21 +114,31 @@ impl Worker {
 
         tracing::info!(worker = %this.id, "worker stopping: waiting for running jobs");
         tracker.close();
-        if tokio::time::timeout(this.state.config.shutdown_timeout, tracker.wait())
+        // Most of the timeout for the jobs to finish; the rest to hand back those that did
+        // not (a job waiting on an agent nobody can reach would hold the process for its
+        // whole command deadline).
+        let grace = this.state.config.shutdown_timeout;
+        let hand_back_time = (grace / 5).clamp(Duration::from_millis(200), Duration::from_secs(3));
+        if tokio::time::timeout(grace.saturating_sub(hand_back_time), tracker.wait())
             .await
             .is_err()
         {
-            tracing::warn!(
-                "jobs still running at shutdown; their leases will expire and others take over"
-            );
+            tracing::warn!("jobs still running at shutdown; handing them back to other workers");
+            abort.cancel();
+            if tokio::time::timeout(hand_back_time, tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("jobs could not be handed back in time; their leases will expire");
+            }
         }
     }
 
-    async fn handle(&self, delivery: Delivery) {
+    async fn handle(&self, delivery: Delivery, abort: &CancellationToken) {
         if let Some(job_id) = delivery.job_id {
             let span = tracing::info_span!("job", job_id = %job_id, worker = %self.id);
             if let Err(e) = self
-                .run_job(job_id, &delivery.message_id)
+                .run_job(job_id, &delivery.message_id, abort)
                 .instrument(span)
                 .await
             {
@@ -128,7 +153,12 @@ impl Worker {
         }
     }
 
-    async fn run_job(&self, job_id: uuid::Uuid, message_id: &str) -> anyhow::Result<()> {
+    async fn run_job(
+        &self,
+        job_id: uuid::Uuid,
+        message_id: &str,
+        abort: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let cfg = &self.state.config.jobs;
         let state = &self.state;
         let Some(job) = store::claim(&state.db, job_id, &self.id, cfg.lease).await? else {
@@ -152,14 +182,22 @@ impl Worker {
         tracing::info!(kind = payload.kind(), attempt = job.attempts, "job started");
 
         let keeper = self.keep_lease(job.id, message_id.to_owned());
-        let to_run = JobToRun {
-            id: job.id,
-            tenant_id: job.tenant_id,
-            order_id: job.order_id,
-            payload,
-            attempt: job.attempts,
+        let to_run = JobToRun::new(job.id, job.tenant_id, job.order_id, payload, job.attempts);
+        let outcome = tokio::select! {
+            outcome = self.dispatcher.dispatch(&to_run) => outcome,
+            _ = abort.cancelled() => {
+                keeper.cancel();
+                // Its commands stay in `agent_commands`: the next run sends them again under
+                // the same ids, so an agent that already acted answers from its journal.
+                if store::hand_back(&state.db, job.id, job.tenant_id, &self.id).await? {
+                    tracing::warn!("job handed back at shutdown");
+                    if let Err(e) = queue::push(&state.redis, &[job.id]).await {
+                        tracing::debug!(error = %e, "could not push the handed-back job; the sweeper will");
+                    }
+                }
+                return Ok(());
+            }
         };
-        let outcome = self.dispatcher.dispatch(&to_run).await;
         keeper.cancel();
 
         match outcome {

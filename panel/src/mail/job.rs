@@ -174,6 +174,7 @@ async fn provision_first(
     set_job_server(state, job.id, server).await?;
     let output = run_on(
         state,
+        job,
         server,
         CreateMailbox {
             address: address.clone(),
@@ -229,6 +230,7 @@ async fn provision_account(
     if reset {
         let out = run_on(
             state,
+            job,
             server,
             SetMailboxPassword {
                 address: account.email.clone(),
@@ -247,6 +249,7 @@ async fn provision_account(
         .map_err(|e| permanent(e.to_string()))?;
     let out = run_on(
         state,
+        job,
         server,
         CreateMailbox {
             address: account.email.clone(),
@@ -312,6 +315,7 @@ async fn set_enabled(
     set_job_server(state, job.id, server).await?;
     let out = run_on(
         state,
+        job,
         server,
         SetMailboxEnabled {
             address: account.email.clone(),

@@ -27,7 +27,11 @@ use crate::{
     app::AppState,
     audit::{self, Entry},
     auth::permissions::{Require, perm},
-    fleet::{DispatchError, presence},
+    fleet::{
+        DispatchError, presence,
+        route::{self, Origin},
+        router,
+    },
     http::{
         client::ClientMeta,
         error::{ApiError, ApiResult},
@@ -226,16 +230,10 @@ async fn ping(
     }
     let echo = format!("ping-{}", Uuid::new_v4().simple());
     let started = Instant::now();
-    let outcome = state
-        .fleet
-        .send(
-            id,
-            Ping {
-                echo: Text::parse(echo.clone()).map_err(|e| anyhow::anyhow!("{e}"))?,
-            },
-            wait,
-        )
-        .await;
+    let ping = Ping {
+        echo: Text::parse(echo.clone()).map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
+    let outcome = route::send(&state, id, ping.into(), wait, Origin::Api).await;
     let round_trip_ms = started.elapsed().as_secs_f64() * 1000.0;
     // The agent, not the panel, is what failed: a 409 the caller can act on (check the
     // server), not a 5xx that would read as the panel being broken.
@@ -248,6 +246,7 @@ async fn ping(
             "the server's agent did not answer within {} s",
             wait.as_secs()
         )),
+        DispatchError::Database(_) => ApiError::Internal(anyhow::anyhow!("{e}")),
         DispatchError::Shutdown => ApiError::Unavailable {
             message: e.to_string(),
             details: json!({ "reason": "shutdown" }),
@@ -331,11 +330,19 @@ async fn revoke(
         ),
     )
     .await?;
+    let online_elsewhere: bool =
+        sqlx::query_scalar("SELECT agent_online FROM servers WHERE id = $1")
+            .bind(server_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    // Every other panel process closes its connection too (at commit).
+    router::announce_revocation(&mut *tx, Some(id), &serials).await?;
     tx.commit().await?;
 
     // The handshake refuses these serials from now on; the live connection goes at once.
     state.fleet.revoked.insert_all(serials.iter().cloned());
-    let disconnected = state.fleet.disconnect(Some(id), &serials, "revoked") > 0;
+    let here = state.fleet.disconnect(Some(id), &serials, "revoked") > 0;
+    let disconnected = here || online_elsewhere;
     if !disconnected && let Err(e) = presence::mark_offline(&state, server_id).await {
         tracing::warn!(
             error = format!("{e:#}"),
