@@ -112,9 +112,8 @@ impl Hub {
         tracing::debug!(revoked, "loaded revoked agent certificates");
         let config = tls::server_config(&state.ca, &hub_names(state), state.fleet.revoked.clone())?;
         let addr = state.config.fleet.listen_addr;
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (AGENT_LISTEN_ADDR)"))?;
+        let listener =
+            listen(addr).with_context(|| format!("cannot listen on {addr} (AGENT_LISTEN_ADDR)"))?;
         Ok(Hub {
             listener,
             acceptor: TlsAcceptor::from(config),
@@ -185,6 +184,21 @@ impl Hub {
         }
         tracing::info!("fleet hub stopped");
     }
+}
+
+/// Connections the kernel queues before we accept them (tokio's default is 1,024, which a
+/// reconnect storm overflows; the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 type Ws = WebSocketStream<TlsStream<TcpStream>>;
@@ -406,27 +420,15 @@ impl Conn {
         let silence = heartbeat * 2;
         let mut last_heard = Instant::now();
         let mut last_db_touch = Instant::now();
+        let mut last_redis_touch = Instant::now();
         loop {
             tokio::select! {
+                // Frames before timers: after a stall (ours or the database's), what the
+                // agent already sent proves it alive before the silence deadline is judged.
+                biased;
                 _ = shutdown.cancelled() => {
                     goodbye(ws, "panel shutting down").await;
                     return Ok(());
-                }
-                out = rx.recv() => match out {
-                    Some(Outbound::Send(msg)) => self.send(ws, &msg).await?,
-                    Some(Outbound::Close(reason)) => {
-                        tracing::info!(reason = %reason, "closing the agent's connection");
-                        goodbye(ws, &reason).await;
-                        return Ok(());
-                    }
-                    None => return Ok(()),
-                },
-                _ = tick.tick() => {
-                    self.send(ws, &PanelMessage::Heartbeat { sent_at: chrono::Utc::now() }).await?;
-                }
-                _ = tokio::time::sleep_until(last_heard + silence) => {
-                    tracing::warn!(silent_secs = silence.as_secs_f64(), "agent silent for two heartbeat intervals; dropping it");
-                    anyhow::bail!("agent silent");
                 }
                 frame = ws.next() => {
                     let text = match frame {
@@ -444,12 +446,21 @@ impl Conn {
                         }
                     };
                     last_heard = Instant::now();
-                    presence::touch_redis(&self.state, self.server_id, self.peer.agent_id, self.conn_id, &self.version).await;
+                    // Presence is refreshed off this loop (a Redis or database stall must not
+                    // make agents look silent), the TTL key once per heartbeat interval.
+                    if last_redis_touch.elapsed() >= heartbeat {
+                        last_redis_touch = Instant::now();
+                        let (state, server, agent, conn, version) = (self.state.clone(), self.server_id, self.peer.agent_id, self.conn_id, self.version.clone());
+                        tokio::spawn(async move { presence::touch_redis(&state, server, agent, conn, &version).await });
+                    }
                     if last_db_touch.elapsed() >= presence::DB_TOUCH_EVERY {
                         last_db_touch = Instant::now();
-                        if let Err(e) = presence::touch_db(&self.state, self.server_id, self.peer.agent_id).await {
-                            tracing::warn!(error = format!("{e:#}"), "presence update failed");
-                        }
+                        let (state, server, agent) = (self.state.clone(), self.server_id, self.peer.agent_id);
+                        tokio::spawn(async move {
+                            if let Err(e) = presence::touch_db(&state, server, agent).await {
+                                tracing::warn!(error = format!("{e:#}"), "presence update failed");
+                            }
+                        });
                     }
                     match AgentMessage::decode(&text) {
                         Ok(msg) => self.on_message(ws, msg).await?,
@@ -459,6 +470,22 @@ impl Conn {
                             anyhow::bail!("malformed message: {e}");
                         }
                     }
+                }
+                out = rx.recv() => match out {
+                    Some(Outbound::Send(msg)) => self.send(ws, &msg).await?,
+                    Some(Outbound::Close(reason)) => {
+                        tracing::info!(reason = %reason, "closing the agent's connection");
+                        goodbye(ws, &reason).await;
+                        return Ok(());
+                    }
+                    None => return Ok(()),
+                },
+                _ = tick.tick() => {
+                    self.send(ws, &PanelMessage::Heartbeat { sent_at: chrono::Utc::now() }).await?;
+                }
+                _ = tokio::time::sleep_until(last_heard + silence) => {
+                    tracing::warn!(silent_secs = silence.as_secs_f64(), "agent silent for two heartbeat intervals; dropping it");
+                    anyhow::bail!("agent silent");
                 }
             }
         }
@@ -498,12 +525,12 @@ impl Conn {
                     return Ok(());
                 }
                 self.last_metrics = Some(Instant::now());
-                if let Err(e) =
-                    presence::store_metrics(&self.state, self.tenant_id, self.server_id, &report)
-                        .await
-                {
-                    tracing::warn!(error = format!("{e:#}"), "could not store metrics");
-                }
+                let (state, tenant, server) = (self.state.clone(), self.tenant_id, self.server_id);
+                tokio::spawn(async move {
+                    if let Err(e) = presence::store_metrics(&state, tenant, server, &report).await {
+                        tracing::warn!(error = format!("{e:#}"), "could not store metrics");
+                    }
+                });
             }
             AgentMessage::RenewCertificate { csr_pem } => {
                 if self.renewals >= MAX_RENEWALS_PER_CONNECTION {

@@ -86,6 +86,26 @@ pub async fn insert(
     Ok(id)
 }
 
+/// The SQL condition under which job alias `j` may run: it waits for no job, or for one
+/// that succeeded.
+fn ready(j: &str) -> String {
+    format!(
+        "({j}.after_job_id IS NULL OR EXISTS (SELECT 1 FROM jobs dep
+                                               WHERE dep.id = {j}.after_job_id
+                                                 AND dep.status = 'SUCCESS'))"
+    )
+}
+
+/// `job` runs only after `after` succeeded (both in the caller's transaction).
+pub async fn run_after(conn: &mut PgConnection, job: Uuid, after: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET after_job_id = $2 WHERE id = $1")
+        .bind(job)
+        .bind(after)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// A job a worker holds the lease of.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedJob {
@@ -110,7 +130,7 @@ pub async fn claim(
     lease: Duration,
 ) -> sqlx::Result<Option<ClaimedJob>> {
     let mut tx = db.begin().await?;
-    let claimed: Option<ClaimedJob> = sqlx::query_as(
+    let sql = format!(
         "WITH prev AS (SELECT id, status FROM jobs WHERE id = $1 FOR UPDATE)
          UPDATE jobs j
             SET status = 'RUNNING', attempts = j.attempts + 1, started_at = now(),
@@ -118,16 +138,18 @@ pub async fn claim(
                 locked_until = now() + make_interval(secs => $3)
            FROM prev
           WHERE j.id = prev.id
-            AND ((prev.status = 'PENDING' AND j.run_at <= now())
+            AND ((prev.status = 'PENDING' AND j.run_at <= now() AND {READY})
               OR (prev.status = 'RUNNING' AND j.locked_until < now()))
       RETURNING j.id, j.tenant_id, j.order_id, j.type, j.payload, j.attempts, j.max_attempts,
                 prev.status AS previous",
-    )
-    .bind(job_id)
-    .bind(worker)
-    .bind(lease.as_secs_f64())
-    .fetch_optional(&mut *tx)
-    .await?;
+        READY = ready("j")
+    );
+    let claimed: Option<ClaimedJob> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(job_id)
+        .bind(worker)
+        .bind(lease.as_secs_f64())
+        .fetch_optional(&mut *tx)
+        .await?;
     if let Some(job) = &claimed {
         let message = if job.previous == JobStatus::Running {
             format!("attempt {} started (previous worker lost)", job.attempts)
@@ -210,7 +232,31 @@ pub async fn succeed(
         ),
     )
     .await?;
+    // Its dependants are runnable now: no sweep interval between two steps of an order.
+    let released: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "UPDATE jobs SET run_at = now(), enqueued_at = NULL
+          WHERE after_job_id = $1 AND status = 'PENDING'
+      RETURNING id, tenant_id",
+    )
+    .bind(job.id)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, tenant_id) in &released {
+        let message = format!("ready: job {} succeeded", job.id);
+        log(
+            &mut tx,
+            *id,
+            *tenant_id,
+            Some(JobStatus::Pending),
+            JobStatus::Pending,
+            &message,
+            None,
+        )
+        .await?;
+    }
     tx.commit().await?;
+    let ids: Vec<Uuid> = released.into_iter().map(|(id, _)| id).collect();
+    super::enqueue_after_commit(state, &ids).await;
     Ok(true)
 }
 
@@ -294,6 +340,28 @@ pub async fn fail(
                 Entry::system(job.tenant_id, "job.failed", json!({ "jobId": job.id, "type": job.kind, "attempts": job.attempts, "error": error })),
             )
             .await?;
+            let waiting: Vec<(Uuid, Uuid)> = sqlx::query_as(
+                "SELECT id, tenant_id FROM jobs WHERE after_job_id = $1 AND status = 'PENDING'",
+            )
+            .bind(job.id)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (id, tenant_id) in waiting {
+                let message = format!(
+                    "waiting for job {}, which failed: it runs once that job is retried and succeeds",
+                    job.id
+                );
+                log(
+                    &mut tx,
+                    id,
+                    tenant_id,
+                    Some(JobStatus::Pending),
+                    JobStatus::Pending,
+                    &message,
+                    None,
+                )
+                .await?;
+            }
             let kind = json!(job.kind);
             notify::queue_job_failed(
                 &mut tx,
@@ -407,16 +475,18 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     let mut tx = db.begin().await?;
-    let due: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM jobs
-          WHERE status = 'PENDING' AND run_at <= now()
+    let sql = format!(
+        "SELECT id FROM jobs j
+          WHERE status = 'PENDING' AND run_at <= now() AND {}
             AND (enqueued_at IS NULL OR enqueued_at < now() - make_interval(secs => $1))
-          ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(repush_after.as_secs_f64())
-    .bind(batch)
-    .fetch_all(&mut *tx)
-    .await?;
+          ORDER BY run_at LIMIT $2 FOR UPDATE OF j SKIP LOCKED",
+        ready("j")
+    );
+    let due: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(repush_after.as_secs_f64())
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await?;
     if due.is_empty() {
         return Ok(0);
     }

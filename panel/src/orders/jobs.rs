@@ -63,6 +63,15 @@ impl OrderStep {
         steps
     }
 
+    /// The step of the same order this one waits for: the zone of a hosting order points its
+    /// apex at the web server the site step chooses.
+    pub fn runs_after(self) -> Option<OrderStep> {
+        match self {
+            OrderStep::Zone => Some(OrderStep::Site),
+            _ => None,
+        }
+    }
+
     pub fn payload(self, order: OrderJob) -> JobPayload {
         match self {
             OrderStep::Zone => ProvisionOrderZone(order).into(),

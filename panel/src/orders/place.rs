@@ -263,13 +263,24 @@ pub async fn place_paid_order(
     };
     let max_attempts = state.config.jobs.max_attempts;
     let mut jobs = Vec::new();
-    for step in OrderStep::for_product(plan.product_type, &limits, domain_id.is_some()) {
+    let steps = OrderStep::for_product(plan.product_type, &limits, domain_id.is_some());
+    let mut ids = Vec::new();
+    for step in &steps {
         let payload = step.payload(line.clone());
         let id = store::insert(&mut tx, tenant_id, Some(order_id), &payload, max_attempts).await?;
+        ids.push((*step, id));
         jobs.push(JobRef {
             id,
             kind: payload.job_type(),
         });
+    }
+    for (step, id) in &ids {
+        let after = step
+            .runs_after()
+            .and_then(|dep| ids.iter().find(|(s, _)| *s == dep));
+        if let Some((_, after)) = after {
+            store::run_after(&mut tx, *id, *after).await?;
+        }
     }
 
     audit::record(
