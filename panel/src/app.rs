@@ -32,6 +32,8 @@ pub struct AppState {
     /// Seals credentials waiting for a welcome e-mail and queued e-mail bodies
     /// (`CREDENTIALS_KEY`).
     pub sealer: Arc<Sealer>,
+    /// This process's figures for `GET /metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
@@ -58,6 +60,7 @@ impl AppState {
             fleet: Arc::new(Fleet::new()),
             tokens: Arc::new(TokenKeys::new(&config.jwt)),
             sealer: Arc::new(Sealer::from_config(config.credentials_key.as_ref())),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             config: Arc::new(config),
             db,
             redis,

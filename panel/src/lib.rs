@@ -20,6 +20,7 @@ pub mod http;
 pub mod job_kinds;
 pub mod jobs;
 pub mod mail;
+pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod orders;

@@ -51,6 +51,8 @@ pub struct Config {
     pub backup_report_secret: SecretString,
     /// Stripe's `whsec_…` signing secret for `POST /api/webhooks/stripe`.
     pub stripe_webhook_secret: SecretString,
+    /// `METRICS_TOKEN`: the bearer token of `GET /metrics`; unset, the route does not exist.
+    pub metrics_token: Option<SecretString>,
     /// Base URL for links in e-mails.
     pub app_url: Url,
     pub log: LogConfig,
@@ -333,6 +335,13 @@ impl Config {
         let marketing_webhook_secret = r.secret("MARKETING_WEBHOOK_SECRET", prod, 16);
         let backup_report_secret = r.secret("BACKUP_REPORT_SECRET", prod, 16);
         let stripe_webhook_secret = r.secret("STRIPE_WEBHOOK_SECRET", prod, 16);
+        let metrics_token = match r.get("METRICS_TOKEN") {
+            Some(v) if v.len() < 16 => {
+                r.problem("METRICS_TOKEN: must be at least 16 characters".into());
+                None
+            }
+            v => v.map(SecretString::from),
+        };
 
         let app_url = r
             .url("APP_URL", prod)
@@ -491,6 +500,7 @@ impl Config {
             marketing_webhook_secret,
             backup_report_secret,
             stripe_webhook_secret,
+            metrics_token,
             app_url,
             log: LogConfig {
                 filter,
@@ -545,6 +555,7 @@ pub const VARIABLES: &[&str] = &[
     "MARKETING_WEBHOOK_SECRET",
     "BACKUP_REPORT_SECRET",
     "STRIPE_WEBHOOK_SECRET",
+    "METRICS_TOKEN",
     "APP_URL",
     "RUST_LOG",
     "LOG_LEVEL",

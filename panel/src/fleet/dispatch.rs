@@ -282,6 +282,11 @@ impl Fleet {
             .collect()
     }
 
+    /// Commands this process waits for.
+    pub fn waiting_count(&self) -> usize {
+        self.lock().waiters.len()
+    }
+
     pub fn is_waiting(&self, command_id: Uuid) -> bool {
         self.lock().waiters.contains_key(&command_id)
     }

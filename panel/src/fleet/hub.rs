@@ -157,6 +157,7 @@ impl Hub {
                 },
             };
             let Some(pass) = gate.enter(peer.ip()) else {
+                state.metrics.handshake("gated");
                 // Closed before it costs more than the accept: see `gate`.
                 tracing::debug!(peer = %peer, "too many agent handshakes in flight; closed");
                 continue;
@@ -249,7 +250,9 @@ async fn handle(
         Ok::<_, anyhow::Error>((ws, peer, hello))
     })
     .await
-    .context("handshake timed out")??;
+    .context("handshake timed out")
+    .and_then(|r| r)
+    .inspect_err(|_| state.metrics.handshake("failed"))?;
     // It proved who it is: its handshake slot goes to the next connection.
     drop(pass);
     let span = tracing::Span::current();
@@ -260,6 +263,7 @@ async fn handle(
             "protocol version {} is not supported; this panel speaks {PROTOCOL_VERSION}",
             hello.protocol_version
         );
+        state.metrics.handshake("refused");
         goodbye(&mut ws, &reason).await;
         anyhow::bail!(reason);
     }
@@ -289,12 +293,14 @@ async fn handle(
         if reason == "revoked" {
             state.fleet.revoked.insert_all([peer.serial_hex.clone()]);
         }
+        state.metrics.handshake("refused");
         goodbye(&mut ws, reason).await;
         anyhow::bail!("refused: {reason}");
     }
     let row = row.expect("checked above");
     span.record("server_id", tracing::field::display(row.server_id));
 
+    state.metrics.handshake("accepted");
     let conn_id = state.fleet.next_conn_id();
     let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let (old, resend) = state.fleet.register(

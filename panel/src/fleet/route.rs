@@ -55,6 +55,28 @@ pub async fn send(
     deadline: Duration,
     origin: Origin,
 ) -> Result<Outcome, DispatchError> {
+    let kind = command.kind();
+    let started = std::time::Instant::now();
+    let result = send_inner(state, server_id, command, deadline, origin).await;
+    let outcome = match &result {
+        Ok(Outcome::Ok { .. }) => "ok",
+        Ok(Outcome::Error { .. }) => "error",
+        Err(DispatchError::Offline) => "offline",
+        Err(DispatchError::Timeout { .. }) => "timeout",
+        Err(DispatchError::Database(_)) => "unrecorded",
+        Err(DispatchError::Shutdown) => "shutdown",
+    };
+    state.metrics.command(kind, outcome, started.elapsed());
+    result
+}
+
+async fn send_inner(
+    state: &AppState,
+    server_id: Uuid,
+    command: Command,
+    deadline: Duration,
+    origin: Origin,
+) -> Result<Outcome, DispatchError> {
     let fleet = &state.fleet;
     let json = serde_json::to_vec(&command)
         .map_err(|e| DispatchError::Database(format!("encode the command: {e}")))?;

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, Request},
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::{HeaderName, Response},
-    middleware::map_response,
+    middleware::{self, Next, map_response},
     routing::get,
 };
 use tower::ServiceBuilder;
@@ -55,7 +55,12 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .route("/api/docs", get(crate::http::openapi::reference_page))
+        .route("/metrics", get(crate::metrics::scrape))
         .fallback(|| async { ApiError::NotFound("route") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_request,
+        ))
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(map_response(normalize_error_body))
@@ -88,6 +93,31 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::respo
         "internal error",
         serde_json::Value::Null,
     )
+}
+
+/// Each request's latency by route template (not the path: ids would make a series each).
+async fn record_request(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    state
+        .metrics
+        .http
+        .get_or_create(&crate::metrics::RouteLabels {
+            method,
+            route,
+            status: res.status().as_u16(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    res
 }
 
 /// The path only: query strings may carry tokens.

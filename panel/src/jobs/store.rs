@@ -118,6 +118,8 @@ pub struct ClaimedJob {
     pub attempts: i32,
     pub max_attempts: i32,
     pub previous: JobStatus,
+    /// When it became due (for the queue's wait).
+    pub run_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Takes the job if it is due, or if its previous worker's lease ran out. `None` when the
@@ -141,7 +143,7 @@ pub async fn claim(
             AND ((prev.status = 'PENDING' AND j.run_at <= now() AND {READY})
               OR (prev.status = 'RUNNING' AND j.locked_until < now()))
       RETURNING j.id, j.tenant_id, j.order_id, j.type, j.payload, j.attempts, j.max_attempts,
-                prev.status AS previous",
+                prev.status AS previous, j.run_at",
         READY = ready("j")
     );
     let claimed: Option<ClaimedJob> = sqlx::query_as(sqlx::AssertSqlSafe(sql))

@@ -181,6 +181,11 @@ impl Worker {
         };
         tracing::info!(kind = payload.kind(), attempt = job.attempts, "job started");
 
+        let waited = (chrono::Utc::now() - job.run_at)
+            .to_std()
+            .unwrap_or_default();
+        state.metrics.job_wait.observe(waited.as_secs_f64());
+        let started = std::time::Instant::now();
         let keeper = self.keep_lease(job.id, message_id.to_owned());
         let to_run = JobToRun::new(job.id, job.tenant_id, job.order_id, payload, job.attempts);
         let outcome = tokio::select! {
@@ -199,6 +204,13 @@ impl Worker {
             }
         };
         keeper.cancel();
+        let kind = to_run.payload.kind();
+        let outcome_label = match &outcome {
+            Ok(_) => "success",
+            Err(DispatchError::Retryable(_)) if job.attempts < job.max_attempts => "retry",
+            Err(_) => "failed",
+        };
+        state.metrics.job(kind, outcome_label, started.elapsed());
 
         match outcome {
             Ok(result) => {
