@@ -77,11 +77,19 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let addr = SocketAddr::new(config.http.host, config.http.port);
-        let state = AppState::connect(config).await?;
+        let mut state = AppState::connect(config).await?;
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (HOST/PORT)"))?;
         let hub = Hub::bind(&state).await?;
+        // Before anything else holds the configuration: with PORT=0 or AGENT_LISTEN_ADDR=…:0
+        // the default APP_URL and AGENT_PUBLIC_URL carry port 0 until the OS has picked one.
+        let http_addr = listener
+            .local_addr()
+            .context("the HTTP listener's address")?;
+        let mut config = (*state.config).clone();
+        bound_ports(&mut config, http_addr, hub.local_addr());
+        state.config = Arc::new(config);
         Ok(Application {
             listener,
             hub,
@@ -139,6 +147,21 @@ impl Application {
         self.state.db.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Puts the ports the OS picked into the URLs that still say port 0 (the defaults of `APP_URL`
+/// and `AGENT_PUBLIC_URL` under `PORT=0` / `AGENT_LISTEN_ADDR=…:0`), so enrollment answers
+/// and e-mail links name the real ports. A configured URL has a real port and is kept.
+fn bound_ports(config: &mut Config, http: SocketAddr, hub: SocketAddr) {
+    for (url, bound) in [
+        (&mut config.app_url, http),
+        (&mut config.fleet.public_url, hub),
+    ] {
+        if url.port() == Some(0) {
+            // Only fails for URLs without a host, which the config refuses.
+            let _ = url.set_port(Some(bound.port()));
+        }
     }
 }
 

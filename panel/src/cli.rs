@@ -12,7 +12,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     app::{AppState, Application, cancel_on_signals},
     bootstrap::{self, NewAdmin},
-    config::Config,
+    config::{Config, DispatcherKind},
     db, duties, jobs,
     model::UserRole,
     telemetry,
@@ -111,12 +111,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                      (see the operator guide's dns and mail roles)"
                 );
             }
+            warn_missing_settings(&config);
             let app = Application::build(config).await?;
             let shutdown = CancellationToken::new();
             cancel_on_signals(shutdown.clone());
             app.run(shutdown).await
         }
         Command::Worker => {
+            warn_missing_settings(&config);
             let state = AppState::connect(config).await?;
             let dispatcher = jobs::dispatcher::for_state(&state);
             let shutdown = CancellationToken::new();
@@ -138,7 +140,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => {
-            let pool = db::connect(&config.database).await?;
+            let pool = db::connect_quiet(&config.database).await?;
             db::migrate(&pool).await?;
             println!("migrations applied");
             Ok(())
@@ -156,7 +158,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 .read_to_string(&mut input)
                 .context("reading the password from standard input")?;
             let password = input.lines().next().unwrap_or("").to_owned();
-            let pool = db::connect(&config.database).await?;
+            let pool = db::connect_quiet(&config.database).await?;
             db::migrate(&pool).await?;
             let created = bootstrap::create_admin(
                 &pool,
@@ -173,5 +175,22 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&created)?);
             Ok(())
         }
+    }
+}
+
+/// Settings that may be absent but make part of the work fail: said at start by the
+/// processes that run jobs, rather than discovered at the first order. (The simulate
+/// dispatcher runs no job for real, so it needs none of them.)
+fn warn_missing_settings(config: &Config) {
+    if config.jobs.dispatcher == DispatcherKind::Simulate {
+        return;
+    }
+    if config.dns.nameservers.is_empty() {
+        tracing::warn!(
+            variable = "DNS_NAMESERVERS",
+            "DNS_NAMESERVERS is not set: every DNS job (the zone of each hosting, e-mail or DNS \
+             order, and each zone edit) fails permanently until it is; set it to the zones' \
+             nameservers, e.g. DNS_NAMESERVERS=ns1.yourdomain.com,ns2.yourdomain.com"
+        );
     }
 }

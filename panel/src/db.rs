@@ -18,11 +18,30 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// Connects, failing fast with a message that names the server (never the password).
 pub async fn connect(cfg: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    connect_with(cfg, |options| options).await
+}
+
+/// [`connect`] for the one-shot commands (`migrate`, `create-admin`), whose output is read by
+/// a person or a script: PostgreSQL sends them no notices, such as the `relation
+/// "_sqlx_migrations" already exists, skipping` of every run after the first, which sqlx
+/// would log. Warnings and errors still come through.
+pub async fn connect_quiet(cfg: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    connect_with(cfg, |options| {
+        options.options([("client_min_messages", "warning")])
+    })
+    .await
+}
+
+async fn connect_with(
+    cfg: &DatabaseConfig,
+    adjust: impl FnOnce(PgConnectOptions) -> PgConnectOptions,
+) -> anyhow::Result<PgPool> {
     let url = cfg.url.expose_secret();
     let shown = redact_url(url);
-    let options: PgConnectOptions = url
-        .parse()
-        .with_context(|| format!("DATABASE_URL ({shown}) is not a valid PostgreSQL URL"))?;
+    let options: PgConnectOptions = adjust(
+        url.parse()
+            .with_context(|| format!("DATABASE_URL ({shown}) is not a valid PostgreSQL URL"))?,
+    );
     if cfg.create_if_missing {
         let exists = sqlx::Postgres::database_exists(url)
             .await

@@ -1,5 +1,6 @@
 //! Enrollment against the real `mpanel` process and the real `mpanel-agent` binary:
-//! issuing tokens (RBAC, tenant scoping), redeeming them (files, modes, certificate
+//! issuing tokens (RBAC, tenant scoping, the answer's command and the ports it names behind
+//! PORT=0), redeeming them (files, modes, certificate
 //! identity, rows), every way a token is refused, an agent that refuses a panel with another
 //! CA, re-enrollment, and the CA's own files across a restart.
 //!
@@ -12,7 +13,7 @@ use std::{
     process::{Output, Stdio},
 };
 
-use mpanel_tests::{TestApp, panel};
+use mpanel_tests::{TestApp, fleet, panel};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::{
@@ -257,9 +258,10 @@ async fn tokens_are_issued_to_admins_for_their_own_live_servers() {
     assert_eq!(first["serverId"], server.to_string());
     let command = first["command"].as_str().unwrap();
     assert!(
-        command.starts_with("mpanel-agent enroll --panel ")
-            && command.ends_with(&format!("--token {token}")),
-        "{command}"
+        command.starts_with(&format!(
+            "MPANEL_ENROLL_TOKEN={token} mpanel-agent enroll --panel "
+        )) && !command.contains("--token"),
+        "the token goes in the environment, not the arguments: {command}"
     );
     assert_eq!(
         fingerprint_hex,
@@ -333,6 +335,86 @@ async fn tokens_are_issued_to_admins_for_their_own_live_servers() {
     let (status, _) = post(&app, Some(&admin), &path, None).await;
     assert_eq!(status, 404, "deleted server");
 
+    app.cleanup().await;
+}
+
+/// The tests' panel runs with PORT=0 and AGENT_LISTEN_ADDR=127.0.0.1:0: the enrollment answer
+/// names the ports the OS picked, and its command, run by a shell exactly as given, enrolls.
+#[tokio::test]
+async fn the_answer_names_the_bound_ports_and_its_command_enrolls_as_given() {
+    let app = TestApp::spawn().await;
+    let admin = operator(&app, "acme", "admin@acme.com", "SUPER_ADMIN").await;
+    let server = create_server(&app, &admin, "srv1-web").await;
+    let issued = issue_token(&app, &admin, server).await;
+    let token = token_of(&issued);
+    let hub = fleet::hub_addr(&app).await;
+    assert_ne!(app.addr.port(), 0);
+    assert_ne!(hub.port(), 0);
+    let command = issued["command"].as_str().unwrap().to_owned();
+    assert_eq!(
+        command,
+        format!(
+            "MPANEL_ENROLL_TOKEN={token} mpanel-agent enroll --panel http://{}",
+            app.addr
+        )
+    );
+
+    // The command as an operator pastes it, with the agent found on PATH (and a state
+    // directory of the test's own).
+    let scratch = tempfile::tempdir().unwrap();
+    let state = scratch.path().join("state");
+    let agent = panel::bin_path("mpanel-agent");
+    let path = format!(
+        "{}:{}",
+        agent.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{command} --state-dir \"$STATE\" --hostname srv1-web"
+        ))
+        .env("PATH", path)
+        .env("STATE", &state)
+        .env_remove("MPANEL_ENROLL_TOKEN")
+        .current_dir(scratch.path())
+        .output()
+        .await
+        .expect("sh runs");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("enrollment.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["serverId"], server.to_string());
+    assert_eq!(record["hubUrl"], format!("wss://{hub}/"), "{record}");
+    app.cleanup().await;
+
+    // Configured addresses win over the bound ports.
+    let app = TestApp::spawn_with(&[
+        ("APP_URL", "https://panel.example.test"),
+        ("AGENT_PUBLIC_URL", "wss://agents.example.test:2272"),
+    ])
+    .await;
+    let admin = operator(&app, "acme", "admin@acme.com", "SUPER_ADMIN").await;
+    let server = create_server(&app, &admin, "srv1-web").await;
+    let issued = issue_token(&app, &admin, server).await;
+    let token = token_of(&issued);
+    assert_eq!(
+        issued["command"],
+        format!(
+            "MPANEL_ENROLL_TOKEN={token} mpanel-agent enroll --panel https://panel.example.test"
+        )
+    );
+    let csr = openssl_csr(scratch.path()).await;
+    let (status, enrolled) = post(
+        &app,
+        None,
+        "/api/agents/enroll",
+        Some(enroll_body(&token, &csr)),
+    )
+    .await;
+    assert_eq!(status, 201, "{enrolled}");
+    assert_eq!(enrolled["hubUrl"], "wss://agents.example.test:2272/");
     app.cleanup().await;
 }
 

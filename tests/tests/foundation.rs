@@ -309,3 +309,101 @@ async fn sigterm_drains_and_exits_cleanly() {
     .await;
     app.cleanup().await;
 }
+
+/// `migrate` and `create-admin` print what they did and nothing of PostgreSQL's chatter: the
+/// schema exists already (the panel migrated on start), and sqlx's `relation
+/// "_sqlx_migrations" already exists, skipping` notice used to land on stderr every time.
+#[tokio::test]
+async fn one_shot_commands_print_no_postgres_notices() {
+    let app = TestApp::spawn().await;
+
+    let out = app
+        .run_cli(
+            &[
+                "create-admin",
+                "--tenant",
+                "migrahosting",
+                "--email",
+                "admin@migrahosting.com",
+                "--role",
+                "SUPER_ADMIN",
+                "--password-stdin",
+            ],
+            "a long enough password\n",
+        )
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("_sqlx_migrations"), "{stderr}");
+    assert!(!stderr.contains("sqlx::postgres::notice"), "{stderr}");
+
+    let out = app.run_cli(&["migrate"], "").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("_sqlx_migrations"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "migrations applied\n");
+
+    app.cleanup().await;
+}
+
+/// Whether a JSON log line is the start-up warning about `DNS_NAMESERVERS`.
+fn is_nameservers_warning(line: &str) -> bool {
+    serde_json::from_str::<Value>(line).is_ok_and(|v| {
+        v["level"] == "WARN"
+            && v["variable"] == "DNS_NAMESERVERS"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("DNS_NAMESERVERS") && m.contains("DNS job"))
+    })
+}
+
+/// DNS jobs fail without `DNS_NAMESERVERS`: `serve` and `worker` say so when they start, not
+/// the first order's zone.
+#[tokio::test]
+async fn a_missing_dns_nameservers_is_a_startup_warning() {
+    // The tests' default sets it: no warning.
+    let app = TestApp::spawn().await;
+    assert!(
+        !app.log_lines().iter().any(|l| is_nameservers_warning(l)),
+        "{:?}",
+        app.log_lines()
+    );
+    app.cleanup().await;
+
+    let app = TestApp::spawn_with(&[("DNS_NAMESERVERS", "")]).await;
+    assert!(
+        app.log_lines().iter().any(|l| is_nameservers_warning(l)),
+        "serve: {:?}",
+        app.log_lines()
+    );
+
+    // `mpanel worker` with the same environment.
+    let mut worker = panel::command("mpanel", app.dir.path())
+        .arg("worker")
+        .envs(app.env().iter().map(|(k, v)| (k, v)))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn mpanel worker");
+    let stdout = worker.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let warned = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("[worker] {line}");
+            if is_nameservers_warning(&line) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(warned, "the worker did not warn about DNS_NAMESERVERS");
+    // SAFETY: kill(2) on our own child's pid with a valid signal number.
+    unsafe {
+        libc::kill(worker.id().unwrap() as i32, libc::SIGTERM);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(20), worker.wait()).await;
+
+    app.cleanup().await;
+}

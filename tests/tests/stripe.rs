@@ -450,3 +450,70 @@ async fn an_event_for_an_unknown_plan_is_kept_and_redelivered() {
     pool.close().await;
     app.cleanup().await;
 }
+
+/// Twenty copies of one event at the same moment (Stripe retrying while the first is still
+/// being handled): exactly one answers `duplicate: false` with the order and its jobs, the
+/// nineteen others `duplicate: true`, every one names the same order, and one order exists.
+#[tokio::test]
+async fn twenty_concurrent_deliveries_of_one_event_agree() {
+    let app = TestApp::spawn_with(&[("RUN_WORKER", "false")]).await;
+    let org = api::org_with_roles(&app, "home", &["SUPER_ADMIN"]).await;
+    let pool = app.db.pool().await;
+    let offer = hosting_offer(&app, org.super_admin().token(), 5).await;
+
+    let (event_id, intent) = (fresh_event_id(), fresh_intent());
+    let event = intent_succeeded(
+        &event_id,
+        &intent,
+        149,
+        metadata(offer.plan_slug(), Some(&fresh_email()), &fresh_domain()),
+    );
+    let raw = std::sync::Arc::new(serde_json::to_vec(&event).unwrap());
+    let signature = std::sync::Arc::new(stripe_header(STRIPE_SECRET, now(), &raw));
+    let app = std::sync::Arc::new(app);
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(20));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (app, raw, signature, barrier) =
+            (app.clone(), raw.clone(), signature.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            post_stripe(&app, &raw, Some(&signature)).await
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap().expect(200));
+    }
+
+    let firsts: Vec<&Value> = answers.iter().filter(|a| a["duplicate"] == false).collect();
+    assert_eq!(firsts.len(), 1, "exactly one first delivery: {answers:?}");
+    let order_id = str_of(firsts[0], "orderId").to_owned();
+    assert_eq!(
+        firsts[0]["jobs"].as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        firsts[0]
+    );
+    for answer in &answers {
+        assert_eq!(answer["received"], true, "{answer}");
+        assert_eq!(answer["orderId"], order_id.as_str(), "{answer}");
+        if answer["duplicate"] != false {
+            assert_eq!(answer["duplicate"], true, "{answer}");
+        }
+    }
+    assert_eq!(orders_of_intent(&pool, &intent).await, 1);
+    assert_eq!(
+        stored_event(&pool, &event_id).await,
+        Some((true, Some(order_id.clone()), None))
+    );
+
+    // A later delivery says the same as the nineteen.
+    let later = deliver_event(&app, &event).await.expect(200);
+    assert_eq!(later["duplicate"], true, "{later}");
+    assert_eq!(later["orderId"], order_id.as_str(), "{later}");
+
+    pool.close().await;
+    let app = std::sync::Arc::into_inner(app).expect("every delivery has finished");
+    app.cleanup().await;
+}

@@ -1,6 +1,7 @@
 //! The `[web]` section: where the web role puts users, sites, vhosts and pools, and the
 //! commands it runs. Every path and command is here so a test (or an unusual host) can run
-//! the role in a sandbox root.
+//! the role in a sandbox root (`users_prefix`). Every key is in `packaging/agent/agent.toml`,
+//! commented, with its default: keep the two in step.
 
 use std::path::PathBuf;
 
@@ -44,7 +45,8 @@ pub struct WebConfig {
     /// Homes are `home_root/<user>` (as the account sees them).
     pub home_root: PathBuf,
     /// `--prefix` for useradd/usermod/userdel: users live in `<prefix>/etc/passwd` and homes
-    /// under `<prefix>/<home_root>` (a sandbox, a container root). `None`: the host's.
+    /// under `<prefix>/<home_root>`, where the vhosts and pools point (a sandbox, a container
+    /// root). `None` (no default): the host's users and homes.
     pub users_prefix: Option<PathBuf>,
     pub useradd: PathBuf,
     pub usermod: PathBuf,

@@ -166,7 +166,7 @@ pub struct FleetConfig {
 #[derive(Debug, Clone)]
 pub struct DnsConfig {
     /// `DNS_NAMESERVERS`: the zones' NS set, first one the SOA primary. Empty: DNS jobs fail
-    /// with a message saying so.
+    /// with a message saying so, and `serve` and `worker` warn at start.
     pub nameservers: Vec<mpanel_protocol::DomainName>,
     /// `DNS_HOSTMASTER`; default `hostmaster@<zone>`.
     pub hostmaster: Option<mpanel_protocol::EmailAddress>,

@@ -124,11 +124,16 @@ pub fn welcome(w: &Welcome) -> (String, Zeroizing<String>) {
                 }
             }
         }
-        let _ = writeln!(
-            b,
-            "\nPlease change these passwords after your first login, and do not\n\
-             forward this e-mail."
-        );
+        // The advice speaks of the passwords the e-mail actually holds.
+        let included = w.credentials.iter().filter(|c| c.secret.is_some()).count();
+        let advice = match included {
+            0 => None,
+            1 => Some("Please change this password after your first login"),
+            _ => Some("Please change these passwords after your first login"),
+        };
+        if let Some(advice) = advice {
+            let _ = writeln!(b, "\n{advice}, and do not\nforward this e-mail.");
+        }
     }
 
     let _ = writeln!(
@@ -245,6 +250,49 @@ mod tests {
         for absent in ["Website", "E-mail\n", "DNS", "credentials", "password"] {
             assert!(!body.contains(absent), "{absent:?} in:\n{}", *body);
         }
+    }
+
+    #[test]
+    fn the_password_advice_agrees_with_the_passwords_included() {
+        let credential = |label: &str, secret: Option<&str>| Credential {
+            kind: "MAILBOX".into(),
+            label: label.into(),
+            secret: secret.map(|s| Zeroizing::new(s.to_owned())),
+        };
+        let body_with = |credentials| {
+            welcome(&Welcome {
+                credentials,
+                ..welcome_facts()
+            })
+            .1
+        };
+
+        let one = body_with(vec![credential("info@shop.example", Some("s3cret-Pa55"))]);
+        assert!(
+            one.contains("Please change this password after your first login"),
+            "{}",
+            *one
+        );
+        assert!(!one.contains("these passwords"), "{}", *one);
+
+        let two = body_with(vec![
+            credential("info@shop.example", Some("s3cret-Pa55")),
+            credential("sales@shop.example", Some("an0ther-Pa55")),
+        ]);
+        assert!(
+            two.contains("Please change these passwords after your first login"),
+            "{}",
+            *two
+        );
+
+        // One password included and one that could not be: "this password", the one shown.
+        let (_, mixed) = welcome(&welcome_facts());
+        assert!(mixed.contains("change this password"), "{}", *mixed);
+
+        // None could be included: nothing to change.
+        let none = body_with(vec![credential("old@shop.example", None)]);
+        assert!(!none.contains("Please change"), "{}", *none);
+        assert!(none.contains("please ask our support"), "{}", *none);
     }
 
     #[test]

@@ -171,6 +171,10 @@ pub fn amount(field: &str, cents: i64) -> ApiResult<i32> {
 
 /// A paid order from the marketing backend (internal key): 201 with the new order, or 200
 /// with the order this payment already created.
+///
+/// The caller presents `MARKETING_WEBHOOK_SECRET`, either as `x-internal-key: <secret>` or as
+/// `Authorization: Bearer <secret>` (an operator's JWT is not accepted here). When both
+/// headers are sent, `x-internal-key` is the one checked.
 #[utoipa::path(post, path = "", tag = "orders", operation_id = "createOrder",
     security(("internalKey" = []), ("bearer" = [])),
     request_body = CreateOrder,

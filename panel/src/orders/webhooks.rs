@@ -3,6 +3,11 @@
 //! (the intent id is the shared idempotency key). Other event types are acknowledged and
 //! ignored. An event whose order cannot be placed yet (unknown plan, bad metadata) is kept
 //! with its error and answered 4xx, so Stripe delivers it again after the catalog is fixed.
+//!
+//! **Invariant:** of all deliveries of one event, concurrent ones included, exactly one
+//! answers `duplicate: false`: the one whose conditional `UPDATE … WHERE processed_at IS
+//! NULL` marks the stored event processed. The others, having found the same order (placing
+//! is idempotent), answer `duplicate: true` with the order the event recorded.
 
 use axum::{Json, body::Bytes, extract::State, http::HeaderMap};
 use mpanel_protocol::{Currency, DomainName};
@@ -53,15 +58,17 @@ struct StripeEventData {
     object: Value,
 }
 
-/// The acknowledgement Stripe gets: `{received, duplicate, orderId}` for an event processed
-/// before, `{received, ignored}` for other event types, `{received, orderId, jobs}` for a
-/// payment that placed (or found) its order.
+/// The acknowledgement Stripe gets: `{received, duplicate: false, orderId, jobs}` from the
+/// delivery that recorded a payment's event, `{received, duplicate: false, ignored}` from the
+/// one that recorded another event type, and `{received, duplicate: true, orderId}` from
+/// every other delivery of the same event, concurrent or later.
 #[derive(Default, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct StripeAck {
     /// Always true.
     received: bool,
-    /// True when the event was processed before.
+    /// False for the one delivery that recorded the event; true for every other delivery of
+    /// it (Stripe's retries, or copies arriving at the same time).
     #[serde(skip_serializing_if = "Option::is_none")]
     duplicate: Option<bool>,
     /// True for event types other than `payment_intent.succeeded`.
@@ -77,6 +84,42 @@ struct StripeAck {
 }
 
 /// Stripe's events (no token: verified by the Stripe-Signature header).
+///
+/// Signed with `STRIPE_WEBHOOK_SECRET` (`whsec_…`):
+/// `Stripe-Signature: t=<unix seconds>,v1=<hex>`, each `v1` the HMAC-SHA256 of
+/// `"<t>." + raw body`, `t` within 5 minutes of the panel's clock. Each event is stored once
+/// by its `id`. Only `payment_intent.succeeded` places an order; other types are
+/// acknowledged with `ignored: true`.
+///
+/// The PaymentIntent (`data.object`) must carry the order in its `metadata`, set by the
+/// marketing site when it creates the intent:
+///
+/// | key | |
+/// |---|---|
+/// | `tenantSlug` | required: the selling tenant's slug |
+/// | `planSlug` | required: an active plan of that tenant |
+/// | `domain` | the domain to provision; required for hosting, e-mail and DNS plans |
+/// | `customerEmail` | the buyer's address; else the intent's `receipt_email` (one is required) |
+/// | `customerName` | optional, at most 200 characters on one line |
+///
+/// The amount is `amount_received` (else `amount`) in cents, with the intent's `currency`,
+/// which must be the plan's; `id` (`pi_…`) is the idempotency key shared with
+/// `POST /api/orders`. For example:
+///
+/// ```json
+/// {"id": "evt_3PabcXYZ", "object": "event", "type": "payment_intent.succeeded",
+///  "data": {"object": {"id": "pi_3PabcXYZ", "object": "payment_intent",
+///    "amount": 1499, "amount_received": 1499, "currency": "usd", "status": "succeeded",
+///    "receipt_email": "grace@example.com",
+///    "metadata": {"tenantSlug": "migrahosting", "planSlug": "starter",
+///      "domain": "grace-hopper.example", "customerEmail": "grace@example.com",
+///      "customerName": "Grace Hopper"}}}}
+/// ```
+///
+/// An event that cannot be placed yet (unknown tenant or plan, missing metadata) is kept
+/// with its error and answered 4xx, so Stripe delivers it again once the catalog is fixed.
+/// Of several deliveries of one event, concurrent or not, exactly one answers
+/// `duplicate: false`; the others answer `duplicate: true` with the same `orderId`.
 #[utoipa::path(post, path = "/stripe", tag = "webhooks", operation_id = "stripeWebhook",
     params(("Stripe-Signature" = String, Header, description = "Stripe's signature of the raw body (`t=…,v1=…`), checked against the webhook secret")),
     request_body(content = StripeEvent, content_type = "application/json",
@@ -112,30 +155,26 @@ async fn stripe_event(
     .bind(&payload)
     .execute(&state.db)
     .await?;
-    let (processed, order_id): (bool, Option<Uuid>) = sqlx::query_as(
-        "SELECT processed_at IS NOT NULL, order_id FROM webhook_events
-          WHERE provider = 'stripe' AND event_id = $1",
-    )
-    .bind(&event.id)
-    .fetch_one(&state.db)
-    .await?;
+    let (processed, order_id) = recorded(&state, &event.id).await?;
     if processed {
-        return Ok(Json(StripeAck {
-            received: true,
-            duplicate: Some(true),
-            order_id: Some(order_id),
-            ..StripeAck::default()
-        }));
+        return Ok(Json(duplicate(order_id)));
     }
     if event.kind != "payment_intent.succeeded" {
-        mark(&state, &event.id, None, None).await?;
+        if !record(&state, &event.id, None).await? {
+            let (_, order_id) = recorded(&state, &event.id).await?;
+            return Ok(Json(duplicate(order_id)));
+        }
         return Ok(Json(StripeAck {
             received: true,
+            duplicate: Some(false),
             ignored: Some(true),
             ..StripeAck::default()
         }));
     }
 
+    // Concurrent deliveries of one event all get here; placing is idempotent (the intent id
+    // is a unique key), so they all find the same order, and the one whose `record` marks
+    // the event processed is the first: the others answer as duplicates of it.
     let placed = match paid_order_from_intent(&event.data.object) {
         Ok(order) => place_paid_order(&state, order, Some(&client))
             .await
@@ -144,9 +183,13 @@ async fn stripe_event(
     };
     match placed {
         Ok(placed) => {
-            mark(&state, &event.id, Some(placed.order_id), None).await?;
+            if !record(&state, &event.id, Some(placed.order_id)).await? {
+                let (_, order_id) = recorded(&state, &event.id).await?;
+                return Ok(Json(duplicate(order_id)));
+            }
             Ok(Json(StripeAck {
                 received: true,
+                duplicate: Some(false),
                 order_id: Some(Some(placed.order_id)),
                 jobs: Some(job_refs(placed.jobs)),
                 ..StripeAck::default()
@@ -162,30 +205,50 @@ async fn stripe_event(
     }
 }
 
-async fn mark(
-    state: &AppState,
-    event_id: &str,
-    order: Option<Uuid>,
-    error: Option<&str>,
-) -> ApiResult<()> {
-    sqlx::query(
-        "UPDATE webhook_events SET processed_at = now(), order_id = $2, error = $3
+fn duplicate(order_id: Option<Uuid>) -> StripeAck {
+    StripeAck {
+        received: true,
+        duplicate: Some(true),
+        order_id: Some(order_id),
+        ..StripeAck::default()
+    }
+}
+
+/// Whether the stored event was processed, and the order it placed.
+async fn recorded(state: &AppState, event_id: &str) -> ApiResult<(bool, Option<Uuid>)> {
+    Ok(sqlx::query_as(
+        "SELECT processed_at IS NOT NULL, order_id FROM webhook_events
           WHERE provider = 'stripe' AND event_id = $1",
     )
     .bind(event_id)
+    .fetch_one(&state.db)
+    .await?)
+}
+
+/// Marks the event processed with its order, unless a concurrent delivery did first: true
+/// when this delivery is the one that recorded it. The row lock of the `UPDATE` decides.
+async fn record(state: &AppState, event_id: &str, order: Option<Uuid>) -> ApiResult<bool> {
+    let updated = sqlx::query(
+        "UPDATE webhook_events SET processed_at = now(), order_id = $2, error = NULL
+          WHERE provider = 'stripe' AND event_id = $1 AND processed_at IS NULL",
+    )
+    .bind(event_id)
     .bind(order)
+    .execute(&state.db)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Keeps why the event could not be placed yet (a processed event keeps its outcome).
+async fn mark_error(state: &AppState, event_id: &str, error: &str) -> ApiResult<()> {
+    sqlx::query(
+        "UPDATE webhook_events SET error = $2
+          WHERE provider = 'stripe' AND event_id = $1 AND processed_at IS NULL",
+    )
+    .bind(event_id)
     .bind(error)
     .execute(&state.db)
     .await?;
-    Ok(())
-}
-
-async fn mark_error(state: &AppState, event_id: &str, error: &str) -> ApiResult<()> {
-    sqlx::query("UPDATE webhook_events SET error = $2 WHERE provider = 'stripe' AND event_id = $1")
-        .bind(event_id)
-        .bind(error)
-        .execute(&state.db)
-        .await?;
     Ok(())
 }
 

@@ -64,7 +64,10 @@ struct TokenCreated {
     expires_at: DateTime<Utc>,
     server_id: Uuid,
     ca_fingerprint: String,
-    /// What to run on the server, token included.
+    /// What to run on the server, token included:
+    /// `MPANEL_ENROLL_TOKEN=<token> mpanel-agent enroll --panel <APP_URL>`. The token travels
+    /// in the environment, not in the agent's arguments, where every user of the server could
+    /// read it (`ps`).
     command: String,
 }
 
@@ -130,7 +133,7 @@ async fn create_token(
     Ok((
         StatusCode::CREATED,
         Json(TokenCreated {
-            command: format!("mpanel-agent enroll --panel {panel} --token {token}"),
+            command: format!("MPANEL_ENROLL_TOKEN={token} mpanel-agent enroll --panel {panel}"),
             token,
             expires_at: issued.expires_at,
             server_id: id,
