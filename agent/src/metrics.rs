@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, path::Path, process::Command};
 
 use chrono::Utc;
 use mpanel_protocol::messages::{DiskUsage, MetricsReport, Role, ServiceState, Text};
-use sysinfo::{Disks, System};
+use sysinfo::{DiskRefreshKind, Disks, System};
 
 /// The systemd units each role relies on.
 pub fn services_of(role: Role) -> &'static [&'static str] {
@@ -90,22 +90,26 @@ impl Collector {
             None => (0.0, 0, 0),
         };
         let load = System::load_average().ok();
-        let disks = Disks::new_with_refreshed_list()
-            .map(|d| {
-                (&d).into_iter()
-                    .filter(|d| is_reported(&d.file_system().to_string_lossy(), d.mount_point()))
-                    .filter_map(|d| {
-                        Some(DiskUsage {
-                            mount: Text::parse(d.mount_point().to_string_lossy().into_owned())
-                                .ok()?,
-                            used_bytes: d.total_space().saturating_sub(d.available_space()),
-                            total_bytes: d.total_space(),
+        // Sizes only: a disk's kind and I/O counters (/sys, /proc/diskstats) are not sent.
+        let disks =
+            Disks::new_with_refreshed_list_specifics(DiskRefreshKind::nothing().with_storage())
+                .map(|d| {
+                    (&d).into_iter()
+                        .filter(|d| {
+                            is_reported(&d.file_system().to_string_lossy(), d.mount_point())
                         })
-                    })
-                    .take(64)
-                    .collect()
-            })
-            .unwrap_or_default();
+                        .filter_map(|d| {
+                            Some(DiskUsage {
+                                mount: Text::parse(d.mount_point().to_string_lossy().into_owned())
+                                    .ok()?,
+                                used_bytes: d.total_space().saturating_sub(d.available_space()),
+                                total_bytes: d.total_space(),
+                            })
+                        })
+                        .take(64)
+                        .collect()
+                })
+                .unwrap_or_default();
         let services = self
             .services
             .iter()

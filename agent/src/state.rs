@@ -112,6 +112,16 @@ impl StateDir {
 
 /// Replaces `path` with `contents`: a temporary file created with `mode`, synced, renamed.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+    write_atomic_with(path, mode, |file| file.write_all(contents))
+}
+
+/// [`write_atomic`] for contents written a piece at a time, so that they need not be in
+/// memory at once: `write` fills the temporary file, which is then synced and renamed.
+pub fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> anyhow::Result<()> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     let tmp = path.with_file_name(name);
@@ -129,7 +139,7 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<(
             .open(&tmp)?;
         // The umask may have narrowed the mode; set exactly the one asked for.
         file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
+        write(&mut file)?;
         file.sync_all()?;
         fs::rename(&tmp, path)
     })();

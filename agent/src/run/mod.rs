@@ -26,7 +26,10 @@ mod transport;
 
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -41,7 +44,8 @@ use url::Url;
 use uuid::Uuid;
 
 use crate::{
-    VERSION, config::AgentConfig, enroll, journal::Journal, metrics::Collector, state::StateDir,
+    VERSION, config::AgentConfig, enroll, journal::Journal, memory::Trimmer, metrics::Collector,
+    state::StateDir,
 };
 
 /// A connection that lasted this long resets the backoff.
@@ -77,12 +81,49 @@ struct Agent {
     hostname: Hostname,
     journal: Mutex<Journal>,
     running: Mutex<HashSet<Uuid>>,
-    collector: Arc<Mutex<Collector>>,
+    collector: Mutex<Collector>,
     tracker: TaskTracker,
     outbox: mpsc::Sender<AgentMessage>,
+    trimmer: Trimmer,
+    /// Code ran since the last [`Agent::release_idle_pages`]: a connection was made or a
+    /// command finished.
+    trim_due: AtomicBool,
+}
+
+impl Agent {
+    /// A metrics sample, then, when the agent has become idle since the last one (a new
+    /// connection, finished commands, none running), the code pages that start-up or the
+    /// work mapped are given back (`crate::memory`). Blocking: call from `spawn_blocking`.
+    fn sample_metrics(&self) -> mpanel_protocol::messages::MetricsReport {
+        let report = self
+            .collector
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .collect();
+        self.release_idle_pages();
+        report
+    }
+
+    fn release_idle_pages(&self) {
+        if !self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+            || !self.trim_due.swap(false, Ordering::Relaxed)
+        {
+            return;
+        }
+        match self.trimmer.release() {
+            Ok(bytes) => tracing::debug!(released_kib = bytes / 1024, "released idle code pages"),
+            Err(e) => tracing::debug!(error = %e, "cannot release idle code pages"),
+        }
+    }
 }
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    // First: the files mapped now are the ones that stay mapped (see `crate::memory`).
+    let trimmer = Trimmer::at_start();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let state = StateDir::new(&config.state_dir);
     let record = state.enrollment()?.with_context(|| {
@@ -127,7 +168,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         "agent starting"
     );
     let agent = Arc::new(Agent {
-        collector: Arc::new(Mutex::new(Collector::new(&config.roles))),
+        collector: Mutex::new(Collector::new(&config.roles)),
         config,
         state,
         hostname,
@@ -135,6 +176,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         running: Mutex::new(HashSet::new()),
         tracker: TaskTracker::new(),
         outbox,
+        trimmer,
+        trim_due: AtomicBool::new(false),
     });
 
     let mut attempt = 0u32;

@@ -8,10 +8,16 @@
 //!   knows, an id already running is only acknowledged again.
 //! - **Shutdown** with a live connection: no new commands; running ones finish (bounded by
 //!   `shutdown_timeout`) and their results are sent before the connection is closed.
+//! - **Idle**: the metrics sample after connecting, and the first one after commands ran
+//!   (none running), also gives back the code pages that work mapped ([`memory`]).
 //!
 //! [`Journal`]: crate::journal::Journal
+//! [`memory`]: crate::memory
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use chrono::Utc;
@@ -86,6 +92,8 @@ pub(super) async fn serve(
     let write_limit = silence;
 
     let mut pending_key = renewal::request_if_due(agent, &mut ws, write_limit).await?;
+    // Connecting mapped code the idle loop does not use: give it back at the first sample.
+    agent.trim_due.store(true, Ordering::Relaxed);
 
     let mut hb_tick = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     hb_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -137,12 +145,10 @@ pub(super) async fn serve(
                 send(&mut ws, &AgentMessage::Heartbeat { sent_at: Utc::now() }, write_limit).await?;
             }
             _ = metrics_tick.tick() => {
-                let collector = agent.collector.clone();
-                let report = tokio::task::spawn_blocking(move || {
-                    collector.lock().unwrap_or_else(|e| e.into_inner()).collect()
-                })
-                .await
-                .context("metrics collection")?;
+                let agent = agent.clone();
+                let report = tokio::task::spawn_blocking(move || agent.sample_metrics())
+                    .await
+                    .context("metrics collection")?;
                 send(&mut ws, &AgentMessage::Metrics(report), write_limit).await?;
             }
         }
@@ -179,20 +185,29 @@ async fn drain(
 fn on_command(agent: &Arc<Agent>, envelope: CommandEnvelope, draining: bool) -> Vec<AgentMessage> {
     let command_id = envelope.command_id;
     let accepted = AgentMessage::Accepted { command_id };
-    if let Some(entry) = agent
+    let journaled = agent
         .journal
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .get(&command_id)
-    {
-        tracing::info!(%command_id, kind = %entry.kind, "command answered from the journal");
-        return vec![
-            accepted,
-            AgentMessage::Result {
-                command_id,
-                outcome: entry.outcome.clone(),
-            },
-        ];
+        .get(&command_id);
+    match journaled {
+        Ok(Some(entry)) => {
+            tracing::info!(%command_id, kind = %entry.kind, "command answered from the journal");
+            return vec![
+                accepted,
+                AgentMessage::Result {
+                    command_id,
+                    outcome: entry.outcome,
+                },
+            ];
+        }
+        Ok(None) => {}
+        // Run it again rather than never answer: executors are idempotent.
+        Err(e) => tracing::error!(
+            error = format!("{e:#}"),
+            %command_id,
+            "cannot read the journal entry; executing the command again"
+        ),
     }
     {
         let mut running = agent.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -231,6 +246,7 @@ fn on_command(agent: &Arc<Agent>, envelope: CommandEnvelope, draining: bool) -> 
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&command_id);
+        agent2.trim_due.store(true, Ordering::Relaxed);
         let ok = matches!(outcome, Outcome::Ok { .. });
         tracing::info!(%command_id, kind, ok, "command finished");
         // No connection right now: the panel re-sends and the journal answers.
