@@ -82,24 +82,6 @@ impl Process {
         .await
     }
 
-    /// Log lines (JSON) whose message is `message` and whose fields include `fields`.
-    pub fn count(&self, message: &str, fields: &[(&str, &str)]) -> usize {
-        self.log_lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["message"] == message)
-            .filter(|v| {
-                fields.iter().all(|(k, want)| {
-                    v[*k].as_str() == Some(want)
-                        || v["span"][*k].as_str() == Some(want)
-                        || v["spans"]
-                            .as_array()
-                            .is_some_and(|s| s.iter().any(|s| s[*k].as_str() == Some(want)))
-                })
-            })
-            .count()
-    }
-
     pub fn pid(&self) -> i32 {
         self.child
             .as_ref()
@@ -230,10 +212,5 @@ impl Fleet3 {
             },
         )
         .await;
-    }
-
-    /// How many times each agent executed a command of `kind` (its own log).
-    pub fn executions(&self, agent: usize, kind: &str) -> usize {
-        self.agents[agent].count(&["executing command", kind])
     }
 }
