@@ -33,6 +33,7 @@
 //! # reload = true                           # false: never reload (tests)
 //! # postfix_reload = ["postfix", "reload"]
 //! # dovecot_reload = ["doveadm", "reload"]
+//! # archive_dir = "/var/backups/mpanel-agent/mail"   # deleted mailboxes' maildirs
 //!
 //! [web]                                     # the web role (config/web.rs); all optional
 //! # home_root = "/home"
@@ -204,6 +205,9 @@ struct RawMail {
     dovecot_reload: Option<Vec<String>>,
     vmail_uid: Option<u32>,
     vmail_gid: Option<u32>,
+    archive_dir: Option<PathBuf>,
+    tar: Option<PathBuf>,
+    zstd: Option<PathBuf>,
 }
 
 /// The `[mail]` section: the files and commands of the mail role (Postfix virtual mailboxes,
@@ -224,6 +228,11 @@ pub struct MailConfig {
     pub dovecot_reload: Option<Vec<String>>,
     pub vmail_uid: u32,
     pub vmail_gid: u32,
+    /// Where a deleted mailbox's maildir is archived (`<address>-<UTC time>.tar.zst`, 0600)
+    /// before it is removed.
+    pub archive_dir: PathBuf,
+    pub tar: PathBuf,
+    pub zstd: PathBuf,
 }
 
 fn parse_mail(raw: RawMail, problems: &mut Vec<String>) -> Option<MailConfig> {
@@ -255,6 +264,13 @@ fn parse_mail(raw: RawMail, problems: &mut Vec<String>) -> Option<MailConfig> {
     let passwd_file = path("passwd_file", raw.passwd_file, "/etc/dovecot/users");
     let vmail_root = path("vmail_root", raw.vmail_root, "/var/vmail");
     let postmap = path("postmap", raw.postmap, "/usr/sbin/postmap");
+    let archive_dir = path(
+        "archive_dir",
+        raw.archive_dir,
+        "/var/backups/mpanel-agent/mail",
+    );
+    let tar = path("tar", raw.tar, "/usr/bin/tar");
+    let zstd = path("zstd", raw.zstd, "/usr/bin/zstd");
     // It is written into passwd-file lines (`:`-separated) as the users' homes.
     if vmail_root
         .to_str()
@@ -300,6 +316,9 @@ fn parse_mail(raw: RawMail, problems: &mut Vec<String>) -> Option<MailConfig> {
         dovecot_reload,
         vmail_uid: vmail_uid?,
         vmail_gid: vmail_gid?,
+        archive_dir,
+        tar,
+        zstd,
     })
 }
 

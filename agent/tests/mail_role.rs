@@ -63,6 +63,9 @@ impl Sandbox {
             dovecot_reload: dovecot_reload.or_else(|| Some(vec!["true".into()])),
             vmail_uid: 5000,
             vmail_gid: 5000,
+            archive_dir: dir.path().join("archive"),
+            tar: PathBuf::from("/usr/bin/tar"),
+            zstd: PathBuf::from("/usr/bin/zstd"),
         });
         assert!(
             Path::new("/usr/sbin/postmap").exists(),
@@ -226,26 +229,46 @@ async fn create_writes_maps_passwd_and_maildir_idempotently() {
     assert!(on.changed);
     assert_eq!(sb.read("users").lines().next().unwrap(), users.trim_end());
 
-    // Delete one: its lines go, the domain stays (sales@ remains), the maildir is kept.
+    // Delete one: its lines go, the domain stays (sales@ remains), the maildir is archived
+    // (with the mail in it) and removed.
+    std::fs::write(
+        maildir.join("new").join("1.eml"),
+        "Subject: kept\r\n\r\nhello\r\n",
+    )
+    .unwrap();
     let del: DeleteMailboxOutput = sb
         .run(DeleteMailbox {
             address: addr("info@example.com"),
         })
         .await;
     assert!(del.deleted);
+    let archive = PathBuf::from(del.archive.expect("an archive"));
+    assert!(archive.starts_with(sb.path("archive")), "{archive:?}");
+    assert_eq!(
+        std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let listing = std::process::Command::new("tar")
+        .args(["--use-compress-program=zstd", "-tf"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("info/new/1.eml"), "{listing}");
+    assert!(!maildir.exists());
     assert!(!sb.read("users").contains("info@example.com"));
     assert!(!sb.read("virtual_mailbox_maps").contains("info@example.com"));
     assert!(
         sb.read("virtual_mailbox_domains")
             .contains("example.com OK")
     );
-    assert!(maildir.join("cur").is_dir());
     let del: DeleteMailboxOutput = sb
         .run(DeleteMailbox {
             address: addr("info@example.com"),
         })
         .await;
     assert!(!del.deleted);
+    assert_eq!(del.archive, None, "nothing left to archive");
     // The last one of the domain: the domain line goes too, the hand-written lines stay.
     let _: DeleteMailboxOutput = sb
         .run(DeleteMailbox {
@@ -556,5 +579,6 @@ async fn a_real_dovecot_logs_the_mailbox_in() {
         })
         .await;
     dovecot.expect_login(user, "battery staple", false);
-    assert!(sb.path("vmail/example.com/info/cur").is_dir());
+    assert!(!sb.path("vmail/example.com/info").exists(), "archived, then removed");
+    assert_eq!(std::fs::read_dir(sb.path("archive")).unwrap().count(), 1);
 }

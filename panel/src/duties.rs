@@ -4,7 +4,7 @@
 //! | duty | where | why it is safe |
 //! |---|---|---|
 //! | queue sweeper (push due jobs, recover lost leases) | everywhere | row locks `FOR UPDATE SKIP LOCKED`; a job pushed twice still runs once (the claim decides) |
-//! | subscription expiry | everywhere | `FOR UPDATE SKIP LOCKED` batches |
+//! | subscription lifecycle dates (period end, warning, suspension, termination) | everywhere | `FOR UPDATE SKIP LOCKED` batches; each step moves the date that selected it in the same transaction |
 //! | e-mail outbox | everywhere | one row lock per message, held until its outcome is recorded |
 //! | fleet notifications ([`router`]) | everywhere | each process acts only for the agents it holds and the commands it waits for |
 //!

@@ -3,7 +3,7 @@
 //! struct implementing `jobs::payload::JobKind` and one line here. Tags are stored: never
 //! rename one (a migration would have to move the rows).
 
-use crate::{backups, dns, hosting, jobs::payload::job_kinds, mail, vps};
+use crate::{backups, dns, hosting, jobs::payload::job_kinds, mail, subscriptions, vps};
 
 job_kinds! {
     ProvisionOrderZone(dns::job::ProvisionOrderZone) = "orderZone",
@@ -21,6 +21,9 @@ job_kinds! {
     ProvisionOrderVps(vps::job::ProvisionOrderVps) = "orderVps",
     VpsAction(vps::job::VpsAction) = "vpsAction",
     RunBackup(backups::job::RunBackup) = "runBackup",
+    SuspendSubscription(subscriptions::job::SuspendSubscription) = "suspendSubscription",
+    UnsuspendSubscription(subscriptions::job::UnsuspendSubscription) = "unsuspendSubscription",
+    TerminateSubscription(subscriptions::job::TerminateSubscription) = "terminateSubscription",
 }
 
 #[cfg(test)]
@@ -104,6 +107,6 @@ mod tests {
             "flattened as before"
         );
         assert_eq!(site.refs().hosting_account_id, Some(id));
-        assert_eq!(JobPayload::KINDS.len(), 15);
+        assert_eq!(JobPayload::KINDS.len(), 18);
     }
 }

@@ -89,6 +89,10 @@ macro_rules! db_enum {
 db_enum!(ProductType as "product_type" { SharedHosting, Vps, Email, Dns, Storage });
 db_enum!(OrderStatus as "order_status" { Pending, Paid, Failed, Cancelled, Refunded });
 db_enum!(SubscriptionStatus as "subscription_status" { Active, PastDue, Cancelled, Trialing, Inactive });
+// What a subscription's resources should be, and why they are suspended (not in the spec:
+// the lifecycle of the subscription's resources, beside its billing status).
+db_enum!(ServiceState as "service_state" { Active, Suspended, Terminated });
+db_enum!(SuspendReason as "suspend_reason" { NonPayment, Cancelled, Operator });
 db_enum!(DomainStatus as "domain_status" { Active, Suspended, PendingSetup, PendingTransfer });
 db_enum!(JobStatus as "job_status" { Pending, Running, Success, Failed });
 db_enum!(BillingInterval as "billing_interval" { Monthly, Yearly });

@@ -249,8 +249,9 @@ impl AgentCommand for SetMailboxPassword {
 }
 
 /// Removes a mailbox from the maps and the passwd-file (and its domain from the virtual
-/// mailbox domains when it was the domain's last mailbox). The maildir is kept on disk.
-/// A mailbox that does not exist is already deleted.
+/// mailbox domains when it was the domain's last mailbox). Its maildir is archived on the
+/// mail server first (nothing is removed when that fails), then removed. A mailbox that
+/// does not exist is already deleted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeleteMailbox {
@@ -262,8 +263,11 @@ pub struct DeleteMailbox {
 pub struct DeleteMailboxOutput {
     /// `false` when there was no such mailbox.
     pub deleted: bool,
-    /// The maildir, left on disk for an operator to archive or remove.
+    /// Where the maildir was.
     pub maildir: String,
+    /// The archive of the maildir on the mail server (none when there was no maildir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
 }
 
 impl AgentCommand for DeleteMailbox {

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod db;
+pub mod dovecot;
 pub mod fleet;
 pub mod panel;
 pub mod pdns;

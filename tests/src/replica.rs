@@ -172,7 +172,8 @@ impl Fleet3 {
                 "roles = [\"mail\"]\n[mail]\nvmail_uid = 5000\nvmail_gid = 5000\nreload = false\n\
                  virtual_mailbox_domains = \"{md}/virtual_mailbox_domains\"\n\
                  virtual_mailbox_maps = \"{md}/virtual_mailbox_maps\"\n\
-                 passwd_file = \"{md}/users\"\nvmail_root = \"{md}/vmail\"\n"
+                 passwd_file = \"{md}/users\"\nvmail_root = \"{md}/vmail\"\n\
+                 archive_dir = \"{md}/archive\"\n"
             ),
         ];
         let ids = [web_id, dns_id, mail_id];

@@ -53,6 +53,7 @@ enum Body {
     RecordPatch,
     NewMailbox,
     NewVps,
+    Policy,
 }
 
 /// One route of the matrix. `{user}`, `{server}` and `{tenant}` in the path are replaced by a
@@ -201,6 +202,42 @@ const MATRIX: &[Route] = &[
         Body::CancelNow,
         200,
         BILLING_WRITERS,
+    ),
+    route(
+        "POST",
+        "/api/subscriptions/{subscription}/terminate",
+        Body::None,
+        200,
+        WRITERS,
+    ),
+    route(
+        "POST",
+        "/api/subscriptions/{subscription}/reactivate",
+        Body::None,
+        200,
+        WRITERS,
+    ),
+    route(
+        "GET",
+        "/api/subscriptions/policy",
+        Body::None,
+        200,
+        BILLING_READERS,
+    ),
+    route(
+        "PUT",
+        "/api/subscriptions/policy",
+        Body::Policy,
+        200,
+        WRITERS,
+    ),
+    route("GET", "/api/domains", Body::None, 200, BILLING_READERS),
+    route(
+        "GET",
+        "/api/domains/{domain}",
+        Body::None,
+        200,
+        BILLING_READERS,
     ),
     route("GET", "/api/customers", Body::None, 200, BILLING_READERS),
     route(
@@ -428,7 +465,7 @@ async fn prepare(app: &TestApp, root: &str, path: &str) -> (String, Option<Strin
         let path = path.replace("{zone}", &zone).replace("{record}", &record);
         return (path, Some(format!("/api/dns/zones/{zone}")));
     }
-    const PLACEHOLDERS: [(&str, &str); 14] = [
+    const PLACEHOLDERS: [(&str, &str); 15] = [
         ("{user}", "/api/users"),
         ("{server}", "/api/servers"),
         ("{tenant}", "/api/tenants"),
@@ -443,6 +480,7 @@ async fn prepare(app: &TestApp, root: &str, path: &str) -> (String, Option<Strin
         ("{zone}", "/api/dns/zones"),
         ("{mailbox}", "/api/mail/accounts"),
         ("{vps}", "/api/vps"),
+        ("{domain}", "/api/domains"),
     ];
     let Some((placeholder, collection)) = PLACEHOLDERS.into_iter().find(|(p, _)| path.contains(p))
     else {
@@ -459,6 +497,11 @@ async fn prepare(app: &TestApp, root: &str, path: &str) -> (String, Option<Strin
         "{plan}" => id_of(&create_plan(app, root).await),
         "{order}" => id_of_key(&place_order(app, root).await, "orderId"),
         "{subscription}" => id_of_key(&place_order(app, root).await, "subscriptionId"),
+        "{domain}" => {
+            let domain = uuid::Uuid::new_v4().to_string();
+            create_domain(app, &domain).await;
+            domain
+        }
         "{backup}" => {
             let domain = uuid::Uuid::new_v4().to_string();
             create_domain(app, &domain).await;
@@ -686,6 +729,11 @@ fn body_for(body: Body) -> (Option<Value>, Option<(String, String)>) {
         Body::PlanPatch => (Some(json!({"priceMonthlyCents": 199})), None),
         Body::CancelOrder => (Some(json!({"status": "CANCELLED", "reason": "test"})), None),
         Body::CancelNow => (None, None),
+        Body::Policy => (
+            Some(json!({"gracePeriodSecs": 86_400, "warningSecs": 3_600,
+                        "retentionSecs": 604_800, "keepZoneOnTermination": true})),
+            None,
+        ),
         Body::UserPatch => (Some(json!({"displayName": unique("Renamed")})), None),
         Body::ServerPatch => (Some(json!({"location": unique("rack")})), None),
         Body::TenantPatch => (Some(json!({"name": unique("Renamed")})), None),
@@ -2028,6 +2076,7 @@ const NOT_ROLE_GATED: &[(&str, &str)] = &[
     ("GET", "/api/plans/public"),
     ("POST", "/api/orders"),
     ("POST", "/api/webhooks/stripe"),
+    ("POST", "/api/webhooks/billing"),
     ("POST", "/api/agents/enroll"),
     ("POST", "/api/backups/report"),
 ];

@@ -22,8 +22,10 @@
 //! **Disable** adds Dovecot's `nologin` extra field to the passwd-file entry: the passdb then
 //! refuses every login even with the right password, while the entry, its hash, the userdb
 //! fields and the Postfix maps stay, so mail keeps being delivered and enabling is just
-//! removing the field. **Delete** removes the map line and the passwd-file entry (and the
-//! domain line when no mailbox of that domain remains) and keeps the maildir on disk.
+//! removing the field. **Delete** archives the maildir (`archive_dir/<address>-<UTC
+//! time>.tar.zst`, 0600; nothing is removed when that fails), removes the map line and the
+//! passwd-file entry (and the domain line when no mailbox of that domain remains), then the
+//! maildir.
 //!
 //! **Maildirs** are `vmail_root/<domain>/<local>/{cur,new,tmp}`, mode 0700, owned by
 //! `vmail_uid:vmail_gid` when the agent runs as root; unprivileged (tests) the chown is
@@ -31,7 +33,7 @@
 //!
 //! **Errors.** `mail_not_configured` (no `[mail]`), `mail_io_failed` (retryable),
 //! `mail_unsafe_path` (a symlink where a maildir directory should be), `mailbox_not_found`,
-//! `postmap_failed`, `reload_failed` (retryable).
+//! `postmap_failed`, `reload_failed`, `archive_failed` (retryable).
 
 use std::{
     fs,
@@ -230,11 +232,75 @@ async fn delete(
     if !domain_still_used {
         new.domains = set_map_line(&old.domains, domain.as_str(), None);
     }
+    // The archive comes first: without it nothing is removed.
+    let dir = maildir(cfg, address);
+    let archive = archive_maildir(cfg, address, &dir).await?;
     let deleted = apply(cfg, &old, &new).await?;
+    if archive.is_some() {
+        fs::remove_dir_all(&dir).map_err(|e| Failure::io(IO, "remove", &dir, e))?;
+    }
     Ok(DeleteMailboxOutput {
         deleted,
-        maildir: maildir(cfg, address).display().to_string(),
+        maildir: dir.display().to_string(),
+        archive: archive.map(|a| a.display().to_string()),
     })
+}
+
+/// `archive_dir/<address>-<UTC time>.tar.zst` (0600) of the maildir, written under a
+/// temporary name and renamed once complete; `None` when there is no maildir. Refuses a
+/// maildir reached through a symlink (its removal would follow it).
+async fn archive_maildir(
+    cfg: &MailConfig,
+    address: &EmailAddress,
+    dir: &Path,
+) -> Result<Option<PathBuf>, Failure> {
+    let domain_dir = cfg.vmail_root.join(address.domain().as_str());
+    for d in [&domain_dir, &dir.to_path_buf()] {
+        match fs::symlink_metadata(d) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(Failure::new(
+                    "mail_unsafe_path",
+                    format!("{} is not a directory", d.display()),
+                    false,
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Failure::io(IO, "inspect", d, e)),
+        }
+    }
+    fs::create_dir_all(&cfg.archive_dir)
+        .and_then(|()| fs::set_permissions(&cfg.archive_dir, fs::Permissions::from_mode(0o700)))
+        .map_err(|e| Failure::io(IO, "create", &cfg.archive_dir, e))?;
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let name = format!("{address}-{stamp}.tar.zst");
+    let target = cfg.archive_dir.join(&name);
+    let tmp = cfg.archive_dir.join(format!(".{name}.partial"));
+    let argv = vec![
+        cfg.tar.display().to_string(),
+        format!("--use-compress-program={}", cfg.zstd.display()),
+        "--create".into(),
+        "--file".into(),
+        tmp.display().to_string(),
+        "--directory".into(),
+        domain_dir.display().to_string(),
+        // "./" so that a local part starting with '-' is never an option.
+        format!("./{}", address.local_part()),
+    ];
+    let made = async {
+        run("archive_failed", &argv, true).await?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
+            .and_then(|()| fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| fs::rename(&tmp, &target))
+            .and_then(|()| sync_dir(&target))
+            .map_err(|e| Failure::io("archive_failed", "finish", &target, e))
+    }
+    .await;
+    if let Err(f) = made {
+        let _ = fs::remove_file(&tmp);
+        return Err(f);
+    }
+    Ok(Some(target))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -67,6 +67,8 @@ actions! {
     OrdersWrite => "change orders (cancel, refund)",
     SubscriptionsRead => "view subscriptions",
     SubscriptionsWrite => "change or cancel subscriptions",
+    SubscriptionsLifecycle => "terminate or reactivate subscriptions and set their lifecycle policy",
+    DomainsRead => "view domains",
     InvoicesRead => "view invoices",
     JobsRead => "view jobs",
     JobsRetry => "retry jobs",
@@ -105,9 +107,19 @@ pub fn roles_allowed(action: Action) -> &'static [UserRole] {
         UsersRead | AuditRead | ServersRead | JobsRead | DnsRead | HostingRead | VpsRead
         | MailRead | BackupsRead => OPERATORS_READ,
 
-        UsersWrite | UsersDeactivate | ServersWrite | ServersDelete | AgentsEnroll
-        | CatalogWrite | DnsWrite | HostingWrite | HostingTerminate | VpsWrite | VpsDestroy
-        | MailWrite => ADMINS,
+        UsersWrite
+        | UsersDeactivate
+        | ServersWrite
+        | ServersDelete
+        | AgentsEnroll
+        | CatalogWrite
+        | DnsWrite
+        | HostingWrite
+        | HostingTerminate
+        | VpsWrite
+        | VpsDestroy
+        | MailWrite
+        | SubscriptionsLifecycle => ADMINS,
 
         // Support's limited writes: operational actions that undo cleanly.
         JobsRetry | DnsSync | HostingSuspend | VpsPower | MailManage | BackupsRun => {
@@ -115,7 +127,7 @@ pub fn roles_allowed(action: Action) -> &'static [UserRole] {
         }
 
         CatalogRead => EVERYONE,
-        CustomersRead | OrdersRead | SubscriptionsRead | InvoicesRead => BILLING_READ,
+        CustomersRead | OrdersRead | SubscriptionsRead | InvoicesRead | DomainsRead => BILLING_READ,
         CustomersWrite | OrdersWrite | SubscriptionsWrite => ADMINS_AND_BILLING,
     }
 }
@@ -190,6 +202,7 @@ mod tests {
             Action::VpsDestroy,
             Action::TenantsDeactivate,
             Action::SubscriptionsWrite,
+            Action::SubscriptionsLifecycle,
             Action::OrdersWrite,
         ] {
             assert!(!allows(UserRole::Support, a), "{a:?}");

@@ -6,7 +6,9 @@ use std::net::IpAddr;
 
 use mpanel_protocol::{
     DomainName, EmailAddress,
-    dns::{DefaultRecords, DnsRecord, RecordData, RecordName, SoaSpec, SyncDnsZone, Ttl},
+    dns::{
+        DefaultRecords, DeleteDnsZone, DnsRecord, RecordData, RecordName, SoaSpec, SyncDnsZone, Ttl,
+    },
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -64,6 +66,27 @@ impl JobKind for SyncZone {
     async fn run(&self, state: &AppState, job: &JobToRun) -> Result<Value, DispatchError> {
         provision(state, job, &self.domain, self.domain_id, Sync::Operator).await
     }
+}
+
+/// A terminated domain's zone removed from the tenant's DNS server, then its row. The
+/// server answers for the zone no more (REFUSED, or NXDOMAIN from a parent it serves).
+pub(crate) async fn delete_zone(
+    state: &AppState,
+    job: &JobToRun,
+    zone_id: Uuid,
+    zone: &DomainName,
+) -> Result<Value, DispatchError> {
+    let Some((server, _)) = pick_server(state, job.tenant_id, "DNS").await? else {
+        return Err(DispatchError::Retryable(
+            "this tenant has no active DNS server".into(),
+        ));
+    };
+    set_job_server(state, job.id, server).await?;
+    let out = run_on(state, job, server, DeleteDnsZone { zone: zone.clone() }).await?;
+    store::delete_zone(&state.db, zone_id)
+        .await
+        .map_err(db_error)?;
+    Ok(json!({ "zoneId": zone_id, "zone": zone, "serverId": server, "deleted": out.deleted }))
 }
 
 /// Who asked for a zone's push.

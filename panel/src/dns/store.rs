@@ -199,3 +199,12 @@ pub async fn record_sync(db: &PgPool, zone: Uuid, job: Uuid, serial: u32) -> sql
     .await?;
     Ok(())
 }
+
+/// A terminated domain's zone: gone with its records (they cascade).
+pub async fn delete_zone(db: &PgPool, zone: Uuid) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM dns_zones WHERE id = $1")
+        .bind(zone)
+        .execute(db)
+        .await?;
+    Ok(())
+}

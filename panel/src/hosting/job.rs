@@ -263,13 +263,15 @@ async fn place(state: &AppState, tenant: Uuid) -> Result<Uuid, DispatchError> {
 
 /// What an account job does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AccountAction {
+pub(crate) enum AccountAction {
     Suspend,
     Unsuspend,
     Terminate,
 }
 
-async fn account_action(
+/// Suspends, unsuspends or terminates the hosting account `id` as a step of `job` (an
+/// account job's own, or a subscription's lifecycle job).
+pub(crate) async fn account_action(
     state: &AppState,
     job: &JobToRun,
     id: Uuid,

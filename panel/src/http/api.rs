@@ -19,6 +19,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .nest("/servers", crate::servers::routes::router())
         .nest("/orders", crate::orders::routes::router())
         .nest("/subscriptions", crate::subscriptions::routes::router())
+        .nest("/domains", crate::domains::routes::router())
         .nest("/customers", crate::customers::routes::router())
         .nest("/jobs", crate::jobs::routes::router())
         .nest("/backups", crate::backups::routes::router())

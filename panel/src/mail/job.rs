@@ -11,7 +11,9 @@
 use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
 use mpanel_protocol::{
     DomainName, EmailAddress,
-    mail::{CreateMailbox, PasswordHash, QuotaMb, SetMailboxEnabled, SetMailboxPassword},
+    mail::{
+        CreateMailbox, DeleteMailbox, PasswordHash, QuotaMb, SetMailboxEnabled, SetMailboxPassword,
+    },
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -300,7 +302,7 @@ async fn load_account(
 
 /// SUSPEND_ACCOUNT / UNSUSPEND_ACCOUNT of a mail account: the mailbox refuses logins (mail
 /// is still delivered) or accepts them again.
-async fn set_enabled(
+pub(crate) async fn set_enabled(
     state: &AppState,
     job: &JobToRun,
     id: Uuid,
@@ -337,6 +339,51 @@ async fn set_enabled(
     Ok(
         json!({ "mailAccountId": account.id, "email": account.email, "serverId": server,
                "status": status, "changed": out.changed }),
+    )
+}
+
+/// A terminated subscription's mailbox: logins refused first (so no session outlives the
+/// decision), then removed from the mail server's maps and its row deleted. The maildir
+/// stays on the server for the operator's archive.
+pub(crate) async fn delete_account(
+    state: &AppState,
+    job: &JobToRun,
+    id: Uuid,
+) -> Result<Value, DispatchError> {
+    let account = load_account(state, job, id).await?;
+    let Some((server, _)) = pick_server(state, job.tenant_id, "MAIL").await? else {
+        return Err(DispatchError::Retryable(
+            "this tenant has no active MAIL server".into(),
+        ));
+    };
+    set_job_server(state, job.id, server).await?;
+    run_on(
+        state,
+        job,
+        server,
+        SetMailboxEnabled {
+            address: account.email.clone(),
+            enabled: false,
+        },
+    )
+    .await?;
+    let out = run_on(
+        state,
+        job,
+        server,
+        DeleteMailbox {
+            address: account.email.clone(),
+        },
+    )
+    .await?;
+    sqlx::query("DELETE FROM mail_accounts WHERE id = $1")
+        .bind(account.id)
+        .execute(&state.db)
+        .await
+        .map_err(db_error)?;
+    Ok(
+        json!({ "mailAccountId": account.id, "email": account.email, "serverId": server,
+               "deleted": out.deleted, "maildir": out.maildir }),
     )
 }
 

@@ -40,7 +40,7 @@ pub struct Credential {
 
 /// `text` on one line: line breaks and other control characters become spaces, so no value
 /// placed in a subject, a greeting or a field line can add a line of its own.
-fn one_line(text: &str) -> String {
+pub(super) fn one_line(text: &str) -> String {
     text.trim()
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

@@ -1,5 +1,6 @@
-//! E-mail that must not be lost: the welcome e-mail carrying an order's credentials, and
-//! operators' notice of a job that gave up.
+//! E-mail that must not be lost: the welcome e-mail carrying an order's credentials,
+//! operators' notice of a job that gave up, and customers' notices of their subscription's
+//! lifecycle ([`queue_subscription_notice`]).
 //!
 //! Everything goes through PostgreSQL. A provisioning job that generated a secret stashes it
 //! sealed in `order_credentials` ([`stash_credential`]); when the order's last job succeeds,
@@ -12,6 +13,7 @@
 //! recipients are not secret; bodies are.
 
 mod compose;
+mod lifecycle;
 pub mod mailer;
 mod outbox;
 
@@ -19,6 +21,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+pub use lifecycle::{Notice, queue_subscription_notice};
 pub use outbox::run as run_outbox;
 
 use crate::{config::Config, secrets::Sealer};

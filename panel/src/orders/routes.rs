@@ -421,11 +421,14 @@ async fn change_status(
             "order.status",
             json!({
                 "orderId": id, "from": current.status, "to": body.status,
-                "reason": reason, "subscriptionCancelled": ended,
+                "reason": reason, "subscriptionCancelled": ended.map(|(id, _)| id),
             }),
         ),
     )
     .await?;
     tx.commit().await?;
+    if let Some((_, Some(job))) = ended {
+        crate::jobs::enqueue_after_commit(&state, &[job]).await;
+    }
     Ok(Json(order))
 }

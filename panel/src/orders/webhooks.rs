@@ -1,7 +1,9 @@
 //! `POST /api/webhooks/stripe`: Stripe's events, verified, stored once each, and
 //! `payment_intent.succeeded` turned into the same paid-order flow as `POST /api/orders`
-//! (the intent id is the shared idempotency key). Other event types are acknowledged and
-//! ignored. An event whose order cannot be placed yet (unknown plan, bad metadata) is kept
+//! (the intent id is the shared idempotency key); `invoice.paid`, `invoice.payment_failed`
+//! and `customer.subscription.deleted` drive the subscription's lifecycle
+//! (`subscriptions::billing`), as `POST /api/webhooks/billing` does for a marketing site
+//! that bills elsewhere. Other event types are acknowledged and ignored. An event whose order cannot be placed yet (unknown plan, bad metadata) is kept
 //! with its error and answered 4xx, so Stripe delivers it again after the catalog is fixed.
 //!
 //! **Invariant:** of all deliveries of one event, concurrent ones included, exactly one
@@ -32,13 +34,27 @@ use crate::{
         client::ClientMeta,
         error::{ApiError, ApiResult},
         extract::parse_json,
+        internal::InternalCaller,
     },
     orders::place::{PaidOrder, place_paid_order},
+    subscriptions::{
+        billing::{self, Applied, Lookup},
+        lifecycle::{BillingEvent, EventKind},
+    },
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(stripe_event))
+    OpenApiRouter::new()
+        .routes(routes!(stripe_event))
+        .routes(routes!(billing_event))
 }
+
+/// The event types that drive a subscription's lifecycle.
+const LIFECYCLE_EVENTS: &[&str] = &[
+    "invoice.paid",
+    "invoice.payment_failed",
+    "customer.subscription.deleted",
+];
 
 /// The fields of a Stripe event the panel reads; the whole event is stored as sent.
 #[derive(Deserialize, ToSchema)]
@@ -48,6 +64,10 @@ struct StripeEvent {
     /// Only `payment_intent.succeeded` places an order; other types are acknowledged.
     #[serde(rename = "type")]
     kind: String,
+    /// When the event happened (unix seconds): of two events about one subscription, the
+    /// newer wins whatever order they arrive in.
+    #[serde(default)]
+    created: Option<i64>,
     data: StripeEventData,
 }
 
@@ -71,7 +91,7 @@ struct StripeAck {
     /// it (Stripe's retries, or copies arriving at the same time).
     #[serde(skip_serializing_if = "Option::is_none")]
     duplicate: Option<bool>,
-    /// True for event types other than `payment_intent.succeeded`.
+    /// True for event types the panel does not act on.
     #[serde(skip_serializing_if = "Option::is_none")]
     ignored: Option<bool>,
     /// The event's order (null for a duplicate of an event that placed none).
@@ -81,6 +101,9 @@ struct StripeAck {
     /// The order's provisioning jobs.
     #[serde(skip_serializing_if = "Option::is_none")]
     jobs: Option<Vec<JobRef>>,
+    /// What a lifecycle event did to its subscription.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subscription: Option<Applied>,
 }
 
 /// Stripe's events (no token: verified by the Stripe-Signature header).
@@ -88,7 +111,12 @@ struct StripeAck {
 /// Signed with `STRIPE_WEBHOOK_SECRET` (`whsec_…`):
 /// `Stripe-Signature: t=<unix seconds>,v1=<hex>`, each `v1` the HMAC-SHA256 of
 /// `"<t>." + raw body`, `t` within 5 minutes of the panel's clock. Each event is stored once
-/// by its `id`. Only `payment_intent.succeeded` places an order; other types are
+/// by its `id`. `payment_intent.succeeded` places an order; `invoice.paid`,
+/// `invoice.payment_failed` and `customer.subscription.deleted` drive the subscription's
+/// lifecycle (answered with `subscription: {subscriptionId, outcome, status, serviceState,
+/// jobId}`; the subscription is found by `metadata.mpanelSubscriptionId`, the Stripe
+/// subscription id linked earlier, or `metadata.tenantSlug` with `metadata.domain`, else the
+/// event is kept and answered 422 for Stripe to deliver again); other types are
 /// acknowledged with `ignored: true`.
 ///
 /// The PaymentIntent (`data.object`) must carry the order in its `metadata`, set by the
@@ -158,6 +186,35 @@ async fn stripe_event(
     let (processed, order_id) = recorded(&state, &event.id).await?;
     if processed {
         return Ok(Json(duplicate(order_id)));
+    }
+    if LIFECYCLE_EVENTS.contains(&event.kind.as_str()) {
+        let applied = match stripe_billing_event(&event) {
+            Ok((lookup, billing_event)) => {
+                billing::apply(&state, &lookup, billing_event, "stripe").await
+            }
+            Err(e) => Err(e),
+        };
+        return match applied {
+            Ok(applied) => {
+                if !record(&state, &event.id, None).await? {
+                    let (_, order_id) = recorded(&state, &event.id).await?;
+                    return Ok(Json(duplicate(order_id)));
+                }
+                Ok(Json(StripeAck {
+                    received: true,
+                    duplicate: Some(false),
+                    subscription: Some(applied),
+                    ..StripeAck::default()
+                }))
+            }
+            Err(e) => {
+                if !matches!(e, ApiError::Internal(_)) {
+                    tracing::warn!(event = %event.id, error = %e, "Stripe billing event could not be applied yet");
+                }
+                mark_error(&state, &event.id, &e.to_string()).await?;
+                Err(e)
+            }
+        };
     }
     if event.kind != "payment_intent.succeeded" {
         if !record(&state, &event.id, None).await? {
@@ -305,4 +362,195 @@ fn paid_order_from_intent(intent: &Value) -> ApiResult<PaidOrder> {
         notes: Some("Stripe payment_intent.succeeded".to_owned()),
         source: "stripe",
     })
+}
+
+/// The lifecycle event in a Stripe `invoice.*` or `customer.subscription.deleted` event, and
+/// how it names its subscription. Both the older API shape (`invoice.subscription`,
+/// `invoice.subscription_details.metadata`) and the newer one (`invoice.parent.
+/// subscription_details`) are read.
+fn stripe_billing_event(event: &StripeEvent) -> ApiResult<(Lookup, BillingEvent)> {
+    let object = &event.data.object;
+    let at = event
+        .created
+        .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+        .ok_or_else(|| ApiError::field("created", "missing or not a unix time"))?;
+    let text = |v: &Value| {
+        v.as_str()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let (external_id, metadata) = if event.kind == "customer.subscription.deleted" {
+        (text(&object["id"]), object["metadata"].clone())
+    } else {
+        let details = &object["parent"]["subscription_details"];
+        let external = text(&object["subscription"]).or_else(|| text(&details["subscription"]));
+        let metadata = [
+            &details["metadata"],
+            &object["subscription_details"]["metadata"],
+            &object["metadata"],
+        ]
+        .into_iter()
+        .find(|m| m.as_object().is_some_and(|m| !m.is_empty()))
+        .cloned()
+        .unwrap_or(Value::Null);
+        (external, metadata)
+    };
+    let id = text(&metadata["mpanelSubscriptionId"])
+        .map(|v| Uuid::parse_str(&v))
+        .transpose()
+        .map_err(|_| ApiError::field("metadata.mpanelSubscriptionId", "not a UUID"))?;
+    let kind = match event.kind.as_str() {
+        "invoice.paid" => {
+            let period_end = object["lines"]["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|line| line["period"]["end"].as_i64())
+                .max()
+                .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0));
+            EventKind::Paid { period_end }
+        }
+        "invoice.payment_failed" => EventKind::PaymentFailed,
+        _ => EventKind::Cancelled,
+    };
+    let lookup = Lookup {
+        id,
+        external_id,
+        tenant_slug: text(&metadata["tenantSlug"]),
+        domain: text(&metadata["domain"]),
+    };
+    Ok((lookup, BillingEvent { kind, at }))
+}
+
+/// A billing event from a marketing site that bills elsewhere.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct BillingEventBody {
+    /// The caller's id of the event (1 to 200 characters), stored once: a second delivery
+    /// changes nothing.
+    event_id: String,
+    #[serde(rename = "type")]
+    kind: BillingEventType,
+    /// When it happened: of two events about one subscription, the newer wins.
+    occurred_at: chrono::DateTime<chrono::Utc>,
+    /// The subscription (from the order's answer or `GET /api/subscriptions`).
+    subscription_id: Uuid,
+    /// For `invoice.paid`: the end of the period paid for.
+    #[serde(default)]
+    period_end: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, ToSchema)]
+enum BillingEventType {
+    #[serde(rename = "invoice.paid")]
+    InvoicePaid,
+    #[serde(rename = "invoice.payment_failed")]
+    InvoicePaymentFailed,
+    #[serde(rename = "subscription.cancelled")]
+    SubscriptionCancelled,
+}
+
+#[derive(Default, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct BillingAck {
+    received: bool,
+    /// True for a second delivery of the same `eventId`.
+    duplicate: bool,
+    /// What the event did (absent for a duplicate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subscription: Option<Applied>,
+}
+
+/// A billing event of a marketing site that bills elsewhere (`x-internal-key:
+/// $MARKETING_WEBHOOK_SECRET`, or `Authorization: Bearer` with it): the same lifecycle as
+/// Stripe's events. `invoice.paid` renews the period and lifts a suspension for
+/// non-payment; `invoice.payment_failed` makes the subscription PAST_DUE and suspends its
+/// resources after the tenant's grace period; `subscription.cancelled` ends it (suspended
+/// now, terminated after the tenant's retention). Events may arrive twice or out of
+/// order: each `eventId` counts once, and an event older than the newest applied changes
+/// nothing (`outcome: stale`).
+#[utoipa::path(post, path = "/billing", tag = "webhooks", operation_id = "billingEvent",
+    security(("internalKey" = [])),
+    request_body = BillingEventBody,
+    responses((status = 200, description = "Received (applied, unchanged, stale, or a duplicate)", body = BillingAck), Errors))]
+async fn billing_event(
+    State(state): State<AppState>,
+    _caller: InternalCaller,
+    body: Bytes,
+) -> ApiResult<Json<BillingAck>> {
+    let event: BillingEventBody = parse_json(&body)?;
+    let event_id = event.event_id.trim();
+    if event_id.is_empty() || event_id.len() > 200 || event_id.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            "eventId",
+            "must be 1 to 200 characters on one line",
+        ));
+    }
+    if event.period_end.is_some() && !matches!(event.kind, BillingEventType::InvoicePaid) {
+        return Err(ApiError::field(
+            "periodEnd",
+            "only an invoice.paid event has a period end",
+        ));
+    }
+    let payload: Value = parse_json(&body)?;
+    let kind_text = serde_json::to_value(event.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO webhook_events (provider, event_id, event_type, payload)
+         VALUES ('internal', $1, $2, $3) ON CONFLICT (provider, event_id) DO NOTHING",
+    )
+    .bind(event_id)
+    .bind(&kind_text)
+    .bind(&payload)
+    .execute(&state.db)
+    .await?;
+    let processed: bool = sqlx::query_scalar(
+        "SELECT processed_at IS NOT NULL FROM webhook_events
+          WHERE provider = 'internal' AND event_id = $1",
+    )
+    .bind(event_id)
+    .fetch_one(&state.db)
+    .await?;
+    let dup = BillingAck {
+        received: true,
+        duplicate: true,
+        subscription: None,
+    };
+    if processed {
+        return Ok(Json(dup));
+    }
+    let kind = match event.kind {
+        BillingEventType::InvoicePaid => EventKind::Paid {
+            period_end: event.period_end,
+        },
+        BillingEventType::InvoicePaymentFailed => EventKind::PaymentFailed,
+        BillingEventType::SubscriptionCancelled => EventKind::Cancelled,
+    };
+    let lookup = Lookup {
+        id: Some(event.subscription_id),
+        ..Lookup::default()
+    };
+    let billing_event = BillingEvent {
+        kind,
+        at: event.occurred_at,
+    };
+    let applied = billing::apply(&state, &lookup, billing_event, "internal").await?;
+    let marked = sqlx::query(
+        "UPDATE webhook_events SET processed_at = now(), error = NULL
+          WHERE provider = 'internal' AND event_id = $1 AND processed_at IS NULL",
+    )
+    .bind(event_id)
+    .execute(&state.db)
+    .await?;
+    if marked.rows_affected() == 0 {
+        return Ok(Json(dup));
+    }
+    Ok(Json(BillingAck {
+        received: true,
+        duplicate: false,
+        subscription: Some(applied),
+    }))
 }

@@ -1,6 +1,7 @@
 //! Writes of `subscriptions` made on behalf of other resources (an order creates its
-//! subscription and ends it with the order). The routes and [`super::expiry`] beside this
-//! module are the other writers; nothing outside `subscriptions/` writes the table.
+//! subscription and ends it with the order). The routes, [`super::billing`],
+//! [`super::service`] and [`super::expiry`] beside this module are the other writers;
+//! nothing outside `subscriptions/` writes the table.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -38,16 +39,36 @@ pub async fn insert_for_order(
     .await
 }
 
-/// Cancels the order's subscription unless it already is; its id when this changed it.
+/// Cancels the order's subscription unless it already is: its resources are suspended now
+/// and terminated after the tenant's retention. Its id and the lifecycle job to enqueue
+/// after the commit, when this changed it.
 pub async fn cancel_for_order(
     conn: &mut PgConnection,
     order_id: Uuid,
-) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query_scalar(
-        "UPDATE subscriptions SET status = 'CANCELLED', cancelled_at = now()
-          WHERE order_id = $1 AND status <> 'CANCELLED' RETURNING id",
+) -> sqlx::Result<Option<(Uuid, Option<Uuid>)>> {
+    let found: Option<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT id, tenant_id FROM subscriptions
+          WHERE order_id = $1 AND status <> 'CANCELLED' FOR UPDATE",
     )
     .bind(order_id)
-    .fetch_optional(conn)
-    .await
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((id, tenant_id)) = found else {
+        return Ok(None);
+    };
+    let policy = super::policy::of_tenant(&mut *conn, tenant_id).await?;
+    super::billing::cancelled(
+        &mut *conn,
+        id,
+        super::lifecycle::cancellation(chrono::Utc::now(), &policy),
+    )
+    .await?;
+    let queued = super::service::change(
+        &mut *conn,
+        id,
+        crate::model::ServiceState::Suspended,
+        Some(crate::model::SuspendReason::Cancelled),
+    )
+    .await?;
+    Ok(Some((id, queued.map(|q| q.job))))
 }
