@@ -1,5 +1,6 @@
 //! Host operations shared by the roles: the failure type their executors return, atomic
-//! file replacement, running a configured command with a timeout, and finding programs.
+//! file replacement, running a configured command with a timeout, archiving a directory,
+//! and finding programs.
 
 use std::{
     fs,
@@ -138,6 +139,57 @@ pub async fn run(code: &'static str, argv: &[String], retryable: bool) -> Result
 
 /// The end of a command's stderr, on one line and at most 500 characters: what an error
 /// message can carry.
+/// The programs and the place of an archive.
+pub struct Archive<'a> {
+    pub tar: &'a Path,
+    pub zstd: &'a Path,
+    /// Created 0700 when missing.
+    pub dir: &'a Path,
+    /// The file name, `….tar.zst`.
+    pub name: String,
+}
+
+/// Archives `parent/member` (tar + zstd) as `archive.dir/archive.name`, 0600, written under
+/// a temporary name and renamed once complete and synced, so that a file with the final name
+/// is always a whole archive. `archive_failed` (retryable) when it cannot be made.
+pub async fn archive(
+    archive: &Archive<'_>,
+    parent: &Path,
+    member: &str,
+) -> Result<PathBuf, Failure> {
+    let dir = archive.dir;
+    fs::create_dir_all(dir)
+        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
+        .map_err(|e| Failure::io("archive_failed", "create", dir, e))?;
+    let target = dir.join(&archive.name);
+    let tmp = dir.join(format!(".{}.partial", archive.name));
+    let argv = vec![
+        archive.tar.display().to_string(),
+        format!("--use-compress-program={}", archive.zstd.display()),
+        "--create".into(),
+        "--file".into(),
+        tmp.display().to_string(),
+        "--directory".into(),
+        parent.display().to_string(),
+        // "./" so that a member starting with '-' is never an option.
+        format!("./{member}"),
+    ];
+    let made = async {
+        run("archive_failed", &argv, true).await?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
+            .and_then(|()| fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| fs::rename(&tmp, &target))
+            .and_then(|()| sync_dir(&target))
+            .map_err(|e| Failure::io("archive_failed", "finish", &target, e))
+    }
+    .await;
+    if let Err(f) = made {
+        let _ = fs::remove_file(&tmp);
+        return Err(f);
+    }
+    Ok(target)
+}
+
 pub fn stderr_tail(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
     let flat = text.trim().replace('\n', " | ");

@@ -52,7 +52,7 @@ use mpanel_protocol::{
 
 use crate::{
     config::MailConfig,
-    host::{Failure, is_root, run, stage, sync_dir, to_outcome},
+    host::{Archive, Failure, archive, is_root, run, stage, sync_dir, to_outcome},
 };
 
 const NOLOGIN: &str = "nologin";
@@ -269,37 +269,18 @@ async fn archive_maildir(
             Err(e) => return Err(Failure::io(IO, "inspect", d, e)),
         }
     }
-    fs::create_dir_all(&cfg.archive_dir)
-        .and_then(|()| fs::set_permissions(&cfg.archive_dir, fs::Permissions::from_mode(0o700)))
-        .map_err(|e| Failure::io(IO, "create", &cfg.archive_dir, e))?;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let name = format!("{address}-{stamp}.tar.zst");
-    let target = cfg.archive_dir.join(&name);
-    let tmp = cfg.archive_dir.join(format!(".{name}.partial"));
-    let argv = vec![
-        cfg.tar.display().to_string(),
-        format!("--use-compress-program={}", cfg.zstd.display()),
-        "--create".into(),
-        "--file".into(),
-        tmp.display().to_string(),
-        "--directory".into(),
-        domain_dir.display().to_string(),
-        // "./" so that a local part starting with '-' is never an option.
-        format!("./{}", address.local_part()),
-    ];
-    let made = async {
-        run("archive_failed", &argv, true).await?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
-            .and_then(|()| fs::File::open(&tmp)?.sync_all())
-            .and_then(|()| fs::rename(&tmp, &target))
-            .and_then(|()| sync_dir(&target))
-            .map_err(|e| Failure::io("archive_failed", "finish", &target, e))
-    }
-    .await;
-    if let Err(f) = made {
-        let _ = fs::remove_file(&tmp);
-        return Err(f);
-    }
+    let target = archive(
+        &Archive {
+            tar: &cfg.tar,
+            zstd: &cfg.zstd,
+            dir: &cfg.archive_dir,
+            name: format!("{address}-{stamp}.tar.zst"),
+        },
+        &domain_dir,
+        address.local_part(),
+    )
+    .await?;
     Ok(Some(target))
 }
 

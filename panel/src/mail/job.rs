@@ -166,14 +166,9 @@ async fn provision_first(
         );
     }
 
-    let Some((server, _)) = pick_server(state, job.tenant_id, "MAIL").await? else {
-        return Err(DispatchError::Retryable(
-            "this tenant has no active MAIL server".into(),
-        ));
-    };
+    let server = mail_server(state, job).await?;
     let password = generate_password();
     let hash = hash_password(password.clone()).await?;
-    set_job_server(state, job.id, server).await?;
     let output = run_on(
         state,
         job,
@@ -223,12 +218,7 @@ async fn provision_account(
 ) -> Result<Value, DispatchError> {
     let account = load_account(state, job, request.mailbox.mail_account_id).await?;
     let hash = request.password_hash.clone();
-    let Some((server, _)) = pick_server(state, job.tenant_id, "MAIL").await? else {
-        return Err(DispatchError::Retryable(
-            "this tenant has no active MAIL server".into(),
-        ));
-    };
-    set_job_server(state, job.id, server).await?;
+    let server = mail_server(state, job).await?;
     if reset {
         let out = run_on(
             state,
@@ -309,12 +299,7 @@ pub(crate) async fn set_enabled(
     enabled: bool,
 ) -> Result<Value, DispatchError> {
     let account = load_account(state, job, id).await?;
-    let Some((server, _)) = pick_server(state, job.tenant_id, "MAIL").await? else {
-        return Err(DispatchError::Retryable(
-            "this tenant has no active MAIL server".into(),
-        ));
-    };
-    set_job_server(state, job.id, server).await?;
+    let server = mail_server(state, job).await?;
     let out = run_on(
         state,
         job,
@@ -351,12 +336,7 @@ pub(crate) async fn delete_account(
     id: Uuid,
 ) -> Result<Value, DispatchError> {
     let account = load_account(state, job, id).await?;
-    let Some((server, _)) = pick_server(state, job.tenant_id, "MAIL").await? else {
-        return Err(DispatchError::Retryable(
-            "this tenant has no active MAIL server".into(),
-        ));
-    };
-    set_job_server(state, job.id, server).await?;
+    let server = mail_server(state, job).await?;
     run_on(
         state,
         job,
@@ -385,6 +365,17 @@ pub(crate) async fn delete_account(
         json!({ "mailAccountId": account.id, "email": account.email, "serverId": server,
                "deleted": out.deleted, "maildir": out.maildir }),
     )
+}
+
+/// The tenant's MAIL server, recorded on the job.
+async fn mail_server(state: &AppState, job: &JobToRun) -> Result<Uuid, DispatchError> {
+    let Some((server, _)) = pick_server(state, job.tenant_id, "MAIL").await? else {
+        return Err(DispatchError::Retryable(
+            "this tenant has no active MAIL server".into(),
+        ));
+    };
+    set_job_server(state, job.id, server).await?;
+    Ok(server)
 }
 
 /// A random password of letters and digits.

@@ -232,17 +232,18 @@ async fn cancel(
         )
         .await?;
     }
-    let updated = find(&mut *tx, user.tenant_id, id).await?;
-    audit::record(
-        &mut tx,
-        Entry::by(&user, &client, "subscription.cancel", json!({ "subscriptionId": id, "atPeriodEnd": at_period_end, "periodEnd": updated.current_period_end, "jobId": queued.map(|q| q.job) })),
+    let details = json!({ "subscriptionId": id, "atPeriodEnd": at_period_end });
+    finish(
+        &state,
+        tx,
+        &user,
+        &client,
+        id,
+        "subscription.cancel",
+        details,
+        queued,
     )
-    .await?;
-    tx.commit().await?;
-    if let Some(q) = queued {
-        jobs::enqueue_after_commit(&state, &[q.job]).await;
-    }
-    Ok(Json(updated))
+    .await
 }
 
 /// Terminates a subscription now (ADMIN and above): its site archived and removed, its
@@ -278,22 +279,18 @@ async fn terminate(
             .await?;
     }
     let queued = service::change(&mut tx, id, ServiceState::Terminated, None).await?;
-    let updated = find(&mut *tx, user.tenant_id, id).await?;
-    audit::record(
-        &mut tx,
-        Entry::by(
-            &user,
-            &client,
-            "subscription.terminate",
-            json!({ "subscriptionId": id, "jobId": queued.map(|q| q.job) }),
-        ),
+    let details = json!({ "subscriptionId": id });
+    finish(
+        &state,
+        tx,
+        &user,
+        &client,
+        id,
+        "subscription.terminate",
+        details,
+        queued,
     )
-    .await?;
-    tx.commit().await?;
-    if let Some(q) = queued {
-        jobs::enqueue_after_commit(&state, &[q.job]).await;
-    }
-    Ok(Json(updated))
+    .await
 }
 
 /// Reactivates a cancelled, unpaid or suspended subscription before its termination (ADMIN
@@ -331,15 +328,40 @@ async fn reactivate(
     .execute(&mut *tx)
     .await?;
     let queued = service::change(&mut tx, id, ServiceState::Active, None).await?;
-    let updated = find(&mut *tx, user.tenant_id, id).await?;
-    audit::record(
-        &mut tx,
-        Entry::by(&user, &client, "subscription.reactivate", json!({ "subscriptionId": id, "previousStatus": current.status, "jobId": queued.map(|q| q.job) })),
+    let details = json!({ "subscriptionId": id, "previousStatus": current.status });
+    finish(
+        &state,
+        tx,
+        &user,
+        &client,
+        id,
+        "subscription.reactivate",
+        details,
+        queued,
     )
-    .await?;
+    .await
+}
+
+/// The end of an operator's change: the audit row (with the lifecycle job it queued), the
+/// commit, the job pushed, and the subscription as it now is.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    state: &AppState,
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    user: &crate::auth::current::CurrentUser,
+    client: &ClientMeta,
+    id: Uuid,
+    action: &str,
+    mut details: serde_json::Value,
+    queued: Option<service::Queued>,
+) -> ApiResult<Json<Subscription>> {
+    let updated = find(&mut *tx, user.tenant_id, id).await?;
+    details["jobId"] = json!(queued.map(|q| q.job));
+    details["periodEnd"] = json!(updated.current_period_end);
+    audit::record(&mut tx, Entry::by(user, client, action, details)).await?;
     tx.commit().await?;
     if let Some(q) = queued {
-        jobs::enqueue_after_commit(&state, &[q.job]).await;
+        jobs::enqueue_after_commit(state, &[q.job]).await;
     }
     Ok(Json(updated))
 }
