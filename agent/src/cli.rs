@@ -1,35 +1,129 @@
-//! The command line: `mpanel-agent enroll …` and `mpanel-agent run [--config PATH]`.
+//! The command line: `mpanel-agent enroll …`, `mpanel-agent run [--config PATH]` and
+//! `mpanel-agent completions <shell>`. Each subcommand's `--help` shows an example.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use mpanel_protocol::messages::{EnrollmentToken, Hostname};
 use url::Url;
 
 /// Where the agent keeps its key, certificates and enrollment record.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/mpanel-agent";
 
+/// What the daemon's code is handed: `completions` never reaches it (see [`Full`]).
+#[derive(Debug)]
+pub struct Cli {
+    /// More detailed logs (or set MPANEL_AGENT_LOG to a tracing filter).
+    pub verbose: bool,
+    pub command: Command,
+}
+
+/// The whole command line. `completions` is answered while the arguments are parsed, as
+/// `--help` is, so that the daemon's dispatch only ever sees its own commands.
 #[derive(Debug, Parser)]
 #[command(
     name = "mpanel-agent",
     version,
-    about = "The mPanel agent: enrolls this server with its panel and executes the panel's commands"
+    about = "The mPanel agent: enrolls this server with its panel and executes the panel's commands",
+    after_help = "Example (on a new server):\n  \
+                  MPANEL_ENROLL_TOKEN=mpe1_… mpanel-agent enroll --panel https://panel.example.com\n  \
+                  mpanel-agent run"
 )]
-pub struct Cli {
+struct Full {
     /// More detailed logs (or set MPANEL_AGENT_LOG to a tracing filter).
     #[arg(long, short, global = true)]
-    pub verbose: bool,
+    verbose: bool,
 
     #[command(subcommand)]
-    pub command: Command,
+    command: FullCommand,
 }
+
+#[derive(Debug, Subcommand)]
+enum FullCommand {
+    #[command(flatten)]
+    Daemon(Command),
+    /// Print a shell completion script for mpanel-agent.
+    #[command(
+        after_help = "Examples:\n  mpanel-agent completions bash > /etc/bash_completion.d/mpanel-agent\n  \
+                      mpanel-agent completions zsh > \"${fpath[1]}/_mpanel-agent\"\n  \
+                      mpanel-agent completions fish > ~/.config/fish/completions/mpanel-agent.fish"
+    )]
+    Completions {
+        /// bash, zsh or fish.
+        shell: Shell,
+    },
+}
+
+/// The shells completion scripts are made for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+fn write_completions(shell: Shell, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap_complete::{Shell as S, generate};
+    let shell = match shell {
+        Shell::Bash => S::Bash,
+        Shell::Zsh => S::Zsh,
+        Shell::Fish => S::Fish,
+    };
+    // Into a buffer first: clap_complete panics on a failed write (`| head` closing the pipe).
+    let mut script = Vec::new();
+    generate(shell, &mut Full::command(), "mpanel-agent", &mut script);
+    out.write_all(&script)
+}
+
+impl CommandFactory for Cli {
+    fn command() -> clap::Command {
+        Full::command()
+    }
+
+    fn command_for_update() -> clap::Command {
+        Full::command_for_update()
+    }
+}
+
+impl FromArgMatches for Cli {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Cli, clap::Error> {
+        match Full::from_arg_matches(matches)? {
+            Full {
+                verbose,
+                command: FullCommand::Daemon(command),
+            } => Ok(Cli { verbose, command }),
+            Full {
+                command: FullCommand::Completions { shell },
+                ..
+            } => match write_completions(shell, &mut std::io::stdout()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("mpanel-agent: writing the completion script: {e}");
+                    std::process::exit(1)
+                }
+                _ => std::process::exit(0),
+            },
+        }
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Cli::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Parser for Cli {}
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Enroll this server: generate a key here, send a certificate request with the
     /// one-time token, and store the certificate the panel signs.
+    #[command(
+        after_help = "Example (the token from POST /api/servers/{id}/enrollment-token):\n  \
+                      MPANEL_ENROLL_TOKEN=mpe1_… mpanel-agent enroll --panel https://panel.example.com"
+    )]
     Enroll(EnrollArgs),
     /// Run the daemon: dial the panel's fleet hub and execute its commands.
+    #[command(after_help = "Example:\n  mpanel-agent run --config /etc/mpanel-agent/agent.toml")]
     Run(RunArgs),
 }
 
@@ -142,7 +236,34 @@ mod tests {
 
     #[test]
     fn the_command_line_is_well_formed() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["mpanel-agent", "-v", "run"]).unwrap();
+        assert!(cli.verbose && matches!(cli.command, Command::Run(_)));
+    }
+
+    #[test]
+    fn bash_completions_name_every_subcommand() {
+        let mut out = Vec::new();
+        write_completions(Shell::Bash, &mut out).unwrap();
+        let script = String::from_utf8(out).unwrap();
+        for sub in ["enroll", "run", "completions"] {
+            assert!(script.contains(sub), "{sub} missing from:\n{script}");
+        }
+    }
+
+    #[test]
+    fn every_subcommand_has_an_example() {
+        for sub in Cli::command().get_subcommands() {
+            assert!(sub.get_about().is_some(), "{} has no about", sub.get_name());
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.contains("mpanel-agent "),
+                "{} has no example",
+                sub.get_name()
+            );
+        }
     }
 }

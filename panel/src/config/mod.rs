@@ -196,6 +196,10 @@ pub struct JobsConfig {
     pub sweep_interval: Duration,
     pub dispatcher: DispatcherKind,
     pub simulate_delay: Duration,
+    /// `JOB_SIMULATE` (development only): roles or job types whose jobs the simulate
+    /// dispatcher runs while the fleet runs the rest — for a machine that lacks some role's
+    /// server software (`mpanel-dev`). Empty: the dispatcher above runs every job.
+    pub simulate: Vec<crate::jobs::dispatcher::SimulatedJobs>,
 }
 
 /// Every problem found in the environment, one per line.
@@ -435,6 +439,14 @@ impl Config {
                 }
             },
             simulate_delay: r.duration("JOB_SIMULATE_DELAY", Duration::from_millis(50)),
+            simulate: r
+                .parsed("JOB_SIMULATE", |v| {
+                    if prod {
+                        return Err("simulated jobs are for development only".into());
+                    }
+                    crate::jobs::dispatcher::parse_simulated(v)
+                })
+                .unwrap_or_default(),
         };
         let dns = DnsConfig {
             nameservers: r
@@ -580,6 +592,7 @@ pub const VARIABLES: &[&str] = &[
     "JOB_SWEEP_INTERVAL",
     "JOB_DISPATCHER",
     "JOB_SIMULATE_DELAY",
+    "JOB_SIMULATE",
     "DNS_NAMESERVERS",
     "DNS_HOSTMASTER",
     "SMTP_TLS",
@@ -1032,6 +1045,17 @@ mod tests {
         }
         let err = Config::from_vars(&vars(&[("SMTP_TLS", "ssl")])).unwrap_err();
         assert!(err.to_string().contains("SMTP_TLS"), "{err}");
+    }
+
+    #[test]
+    fn simulated_jobs_are_for_development_only() {
+        let err = Config::from_vars(&production(&[("JOB_SIMULATE", "dns")])).unwrap_err();
+        assert_eq!(
+            err.problems,
+            ["JOB_SIMULATE: simulated jobs are for development only"]
+        );
+        let c = Config::from_vars(&vars(&[("JOB_SIMULATE", "dns,mail")])).unwrap();
+        assert_eq!(c.jobs.simulate.len(), 2);
     }
 
     #[test]

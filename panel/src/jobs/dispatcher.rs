@@ -1,6 +1,8 @@
 //! The dispatcher turns a claimed job into work on a server. The worker knows nothing of
 //! servers: it hands each job to a `Dispatcher` and records the outcome. [`Fleet`] runs each
-//! payload's own executor (its `JobKind::run`); [`Simulate`] pretends, for development.
+//! payload's own executor (its `JobKind::run`); [`Simulate`] pretends, for development;
+//! [`Split`] simulates only the jobs `JOB_SIMULATE` names (the roles a development machine
+//! has no server software for) and hands the rest to the fleet.
 
 use std::{
     future::Future,
@@ -13,7 +15,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::payload::JobPayload;
-use crate::app::AppState;
+use crate::{app::AppState, model::JobType};
 
 /// A claimed job, its payload decoded.
 pub struct JobToRun {
@@ -94,15 +96,193 @@ impl Dispatcher for Fleet {
     }
 }
 
+/// The server software a job needs, as `JOB_SIMULATE` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobRole {
+    Web,
+    Dns,
+    Mail,
+    Backup,
+    Vps,
+}
+
+impl JobRole {
+    const ALL: [(&'static str, JobRole); 5] = [
+        ("web", JobRole::Web),
+        ("dns", JobRole::Dns),
+        ("mail", JobRole::Mail),
+        ("backup", JobRole::Backup),
+        ("vps", JobRole::Vps),
+    ];
+
+    /// The one role whose server runs `payload`; `None` for a kind that spans several roles
+    /// (or none), which only its job type can name in `JOB_SIMULATE`.
+    pub fn of(payload: &JobPayload) -> Option<JobRole> {
+        KINDS_OF_ROLE
+            .iter()
+            .find(|(_, kinds)| kinds.contains(&payload.kind()))
+            .map(|(role, _)| *role)
+    }
+}
+
+/// The job kinds (by tag) each role's server runs. A tag that is no kind (yet) never
+/// matches; every kind must be named here or in the tests' `KINDS_OF_SEVERAL_ROLES`.
+const KINDS_OF_ROLE: &[(JobRole, &[&str])] = &[
+    (
+        JobRole::Web,
+        &[
+            "orderSite",
+            "createHostingAccount",
+            "suspendSite",
+            "unsuspendSite",
+            "terminateSite",
+            // The site's HTTPS certificate: the web agent runs the ACME order.
+            "orderCertificate",
+            "issueCertificate",
+        ],
+    ),
+    (JobRole::Dns, &["orderZone", "syncZone"]),
+    (
+        JobRole::Mail,
+        &[
+            "orderMailbox",
+            "createMailAccount",
+            "resetMailPassword",
+            "disableMailbox",
+            "enableMailbox",
+        ],
+    ),
+    (JobRole::Backup, &["runBackup"]),
+    (JobRole::Vps, &["orderVps", "vpsAction"]),
+];
+
+/// One entry of `JOB_SIMULATE`: every job of a role, or every job of one type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimulatedJobs {
+    Role(JobRole),
+    Type(JobType),
+}
+
+impl SimulatedJobs {
+    fn covers(self, payload: &JobPayload) -> bool {
+        match self {
+            SimulatedJobs::Role(role) => JobRole::of(payload) == Some(role),
+            SimulatedJobs::Type(kind) => payload.job_type() == kind,
+        }
+    }
+}
+
+/// Parses `JOB_SIMULATE`: comma-separated roles (`web`, `dns`, `mail`, `backup`, `vps`) or
+/// job types (`PROVISION_DNS`, …).
+pub fn parse_simulated(value: &str) -> Result<Vec<SimulatedJobs>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            if let Some((_, role)) = JobRole::ALL.iter().find(|(name, _)| *name == item) {
+                return Ok(SimulatedJobs::Role(*role));
+            }
+            serde_json::from_value::<JobType>(Value::String(item.to_owned()))
+                .map(SimulatedJobs::Type)
+                .map_err(|_| {
+                    format!(
+                        "'{item}' is neither a role (web, dns, mail, backup, vps) nor a job \
+                         type (e.g. PROVISION_DNS)"
+                    )
+                })
+        })
+        .collect()
+}
+
+/// `JOB_SIMULATE=…` beside the fleet: the jobs it names are simulated, the rest run for real.
+pub struct Split {
+    simulated: Vec<SimulatedJobs>,
+    simulate: Simulate,
+    fleet: Fleet,
+}
+
+impl Dispatcher for Split {
+    fn dispatch<'a>(&'a self, job: &'a JobToRun) -> DispatchFuture<'a> {
+        if self.simulated.iter().any(|s| s.covers(&job.payload)) {
+            self.simulate.dispatch(job)
+        } else {
+            self.fleet.dispatch(job)
+        }
+    }
+}
+
 /// The dispatcher the configuration asks for.
 pub fn for_state(state: &AppState) -> std::sync::Arc<dyn Dispatcher> {
     let cfg = &state.config.jobs;
+    let simulate = Simulate {
+        delay: cfg.simulate_delay,
+    };
+    let fleet = Fleet {
+        state: state.clone(),
+    };
     match cfg.dispatcher {
-        crate::config::DispatcherKind::Fleet => std::sync::Arc::new(Fleet {
-            state: state.clone(),
-        }),
-        crate::config::DispatcherKind::Simulate => std::sync::Arc::new(Simulate {
-            delay: cfg.simulate_delay,
-        }),
+        crate::config::DispatcherKind::Fleet if cfg.simulate.is_empty() => {
+            std::sync::Arc::new(fleet)
+        }
+        crate::config::DispatcherKind::Fleet => {
+            tracing::warn!(
+                simulated = ?cfg.simulate,
+                "JOB_SIMULATE: these jobs only pretend to run (development only)"
+            );
+            std::sync::Arc::new(Split {
+                simulated: cfg.simulate.clone(),
+                simulate,
+                fleet,
+            })
+        }
+        crate::config::DispatcherKind::Simulate => std::sync::Arc::new(simulate),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The job kinds no single role runs: a subscription's lifecycle steps act on its site,
+    /// its mailboxes and its zone at once. `JOB_SIMULATE` can name them only by job type.
+    const KINDS_OF_SEVERAL_ROLES: &[&str] = &[
+        "suspendSubscription",
+        "unsuspendSubscription",
+        "terminateSubscription",
+    ];
+
+    #[test]
+    fn job_simulate_takes_roles_and_job_types() {
+        assert_eq!(
+            parse_simulated(" dns, mail ,PROVISION_HOSTING,").unwrap(),
+            [
+                SimulatedJobs::Role(JobRole::Dns),
+                SimulatedJobs::Role(JobRole::Mail),
+                SimulatedJobs::Type(JobType::ProvisionHosting),
+            ]
+        );
+        assert!(parse_simulated("").unwrap().is_empty());
+        let err = parse_simulated("dns,ftp").unwrap_err();
+        assert!(
+            err.contains("'ftp'") && err.contains("PROVISION_DNS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_job_kind_has_its_role_or_is_known_to_span_several() {
+        let named: Vec<&str> = KINDS_OF_ROLE
+            .iter()
+            .flat_map(|(_, kinds)| kinds.iter().copied())
+            .chain(KINDS_OF_SEVERAL_ROLES.iter().copied())
+            .collect();
+        for kind in JobPayload::KINDS {
+            assert!(
+                named.contains(kind),
+                "job kind '{kind}': add it to KINDS_OF_ROLE (the role whose server runs it) or \
+                 KINDS_OF_SEVERAL_ROLES (tests of jobs/dispatcher.rs), so JOB_SIMULATE knows it"
+            );
+        }
     }
 }
