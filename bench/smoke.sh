@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Smoke run of mpanel-bench: the cheap subcommands at tiny sizes, so CI proves the benchmark
-# still works (about 15 s of run time once built). It fails only when the benchmark itself
+# still works (about 25 s of run time once built). It fails only when the benchmark itself
 # breaks (a subcommand exits non-zero, or its JSON has no figures), never on a figure.
 #
 #   bench/smoke.sh            builds mpanel, mpanel-agent and mpanel-bench (debug) first
@@ -41,4 +41,5 @@ run() { # run NAME ARGS...
 run roundtrip roundtrip --n 20 --warmup 5 --ssh-n 3
 run ingest ingest --orders 20 --concurrency 4 --pgbench-secs 2
 run order-live order-live --orders 1 --deadline-secs 60
+run hub hub --agents 50 --concurrency 16 --window-secs 2 --pings 20 --storm-deadline-secs 30
 echo "mpanel-bench smoke: ok" >&2

@@ -8,6 +8,7 @@
 //! same profile: `cargo build --release -p mpanel -p mpanel-agent -p mpanel-bench`), or
 //! those in `MPANEL_BIN_DIR`.
 
+mod hub;
 mod ingest;
 mod order_live;
 mod report;
@@ -44,6 +45,10 @@ enum Command {
     /// Bursts of paid hosting orders with one mailbox each until the site, the zone and the
     /// mailbox are live through the real agents, nginx, PowerDNS and the Postfix maps.
     OrderLive(order_live::Args),
+    /// N simulated agents (real certificates from the panel's CA, the real protocol, many
+    /// loopback source addresses): handshakes/s, RSS and CPU per held agent, the storm after
+    /// kill -9 and restart, and API ping p99 with N held against none.
+    Hub(hub::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +63,7 @@ fn main() -> anyhow::Result<()> {
             Command::Roundtrip(a) => roundtrip::run(a).await,
             Command::Ingest(a) => ingest::run(a).await,
             Command::OrderLive(a) => order_live::run(a).await,
+            Command::Hub(a) => hub::run(a).await,
         }
     })?;
     print!("{}", report.markdown());

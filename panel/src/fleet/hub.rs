@@ -11,6 +11,10 @@
 //!   the handshake the certificate serial and the agent are checked again in PostgreSQL
 //!   (not revoked, server not deleted), so a revocation made by another replica is honoured
 //!   even before this replica's cache of revoked serials catches up.
+//! - The database and Redis work of a connection (that check, the presence writes, the
+//!   commands waiting for it, its metrics) goes through [`super::batch`]: one statement per
+//!   batch of connections, at most three pool connections for the whole hub, so a reconnect
+//!   storm neither times out on the shared pool nor starves the API and the worker of it.
 //! - One connection per server: a newer one replaces the older, which gets a Goodbye.
 //! - A peer silent for two heartbeat intervals is dropped and its server marked offline
 //!   (unless a newer connection already took its place).
@@ -24,8 +28,9 @@
 //! eagerly at `read_buffer_size` — 128 KiB by default, hence [`ws_config`] sets 4 KiB, which
 //! alone saves ~1.2 GiB at 10,000 agents; no write buffer (`write_buffer_size` 0: frames go
 //! straight to TLS); a bounded `mpsc` (blocks of 32 slots, allocated on first use); the
-//! task's future (a few KiB); and a `ConnHandle` in the registry. That is roughly
-//! 10-30 KiB per idle agent, i.e. 100-300 MiB for 10,000, plus the kernel's socket buffers.
+//! task's future (a few KiB); and a `ConnHandle` in the registry. `mpanel-bench hub`
+//! measures ~30 KiB of panel RSS per idle agent (300 MiB for 10,000), plus the kernel's
+//! socket buffers.
 //! A message is at most 256 KiB (`MAX_MESSAGE_BYTES`), so the worst transient is bounded
 //! too. TLS session resumption is off, so no session cache grows with the fleet.
 
@@ -53,6 +58,7 @@ use uuid::Uuid;
 
 use super::gate::{HandshakeGate, Pass};
 use super::{
+    batch::{HubStore, Online},
     ca::AGENT_CERT_VALIDITY,
     commands,
     dispatch::{ConnHandle, Outbound, Taken},
@@ -133,6 +139,7 @@ impl Hub {
         tracing::info!(addr = %addr, "fleet hub listening");
         let tracker = TaskTracker::new();
         tracker.spawn(presence::maintenance(state.clone(), shutdown.clone()));
+        let (store, writers) = HubStore::start(&state);
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let fleet = &state.config.fleet;
         let gate = HandshakeGate::new(fleet.max_handshakes, fleet.handshakes_per_ip);
@@ -143,6 +150,11 @@ impl Hub {
                     Ok(p) => p,
                     Err(_) => break,
                 },
+            };
+            // Beyond the handshakes in flight, connections wait in the accept queue (see `gate`).
+            let slot = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                s = gate.slot() => s,
             };
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -156,20 +168,21 @@ impl Hub {
                     }
                 },
             };
-            let Some(pass) = gate.enter(peer.ip()) else {
+            let Some(pass) = gate.enter(peer.ip(), slot) else {
                 state.metrics.handshake("gated");
                 // Closed before it costs more than the accept: see `gate`.
-                tracing::debug!(peer = %peer, "too many agent handshakes in flight; closed");
+                tracing::debug!(peer = %peer, "too many agent handshakes from one address; closed");
                 continue;
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = self.acceptor.clone();
             let state = state.clone();
+            let store = store.clone();
             let shutdown = shutdown.clone();
             let span = tracing::info_span!("agent_conn", peer = %peer, agent_id = tracing::field::Empty, server_id = tracing::field::Empty);
             tracker.spawn(
                 async move {
-                    if let Err(e) = handle(tcp, acceptor, state, shutdown, pass).await {
+                    if let Err(e) = handle(tcp, acceptor, state, store, shutdown, pass).await {
                         tracing::info!(error = format!("{e:#}"), "agent connection ended");
                     }
                     drop(permit);
@@ -183,6 +196,10 @@ impl Hub {
         if timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!("agent connections did not close in time");
         }
+        // The writers end once the last connection has dropped its handle and they have
+        // written what it queued (the offline marks of the Goodbyes above).
+        drop(store);
+        let _ = timeout(grace, futures_util::future::join_all(writers)).await;
         tracing::info!("fleet hub stopped");
     }
 }
@@ -204,21 +221,11 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
-/// What the database says about the agent of a certificate.
-#[derive(sqlx::FromRow)]
-struct AgentRow {
-    tenant_id: Uuid,
-    server_id: Uuid,
-    agent_revoked: bool,
-    server_deleted: bool,
-    cert_known: bool,
-    cert_revoked: bool,
-}
-
 async fn handle(
     tcp: TcpStream,
     acceptor: TlsAcceptor,
     state: AppState,
+    store: Arc<HubStore>,
     shutdown: CancellationToken,
     pass: Pass,
 ) -> anyhow::Result<()> {
@@ -267,20 +274,8 @@ async fn handle(
         goodbye(&mut ws, &reason).await;
         anyhow::bail!(reason);
     }
-    let row: Option<AgentRow> = sqlx::query_as(
-        "SELECT a.tenant_id, a.server_id, a.revoked_at IS NOT NULL AS agent_revoked,
-                s.deleted_at IS NOT NULL AS server_deleted,
-                c.id IS NOT NULL AS cert_known,
-                COALESCE(c.revoked_at IS NOT NULL, false) AS cert_revoked
-           FROM agents a
-           JOIN servers s ON s.id = a.server_id
-           LEFT JOIN agent_certificates c ON c.agent_id = a.id AND c.serial = $2
-          WHERE a.id = $1",
-    )
-    .bind(peer.agent_id)
-    .bind(&peer.serial_hex)
-    .fetch_optional(&state.db)
-    .await?;
+    // Batched with the other connections' lookups (see `batch`).
+    let row = store.agent(peer.agent_id, &peer.serial_hex).await?;
     let refusal = match &row {
         None => Some("unknown agent"),
         Some(r) if r.agent_revoked || r.cert_revoked => Some("revoked"),
@@ -319,6 +314,7 @@ async fn handle(
     }
     let conn = Conn {
         state: state.clone(),
+        store: store.clone(),
         peer,
         tenant_id: row.tenant_id,
         server_id: row.server_id,
@@ -329,7 +325,7 @@ async fn handle(
     };
     let result = conn.serve(&mut ws, hello, resend, rx, &shutdown).await;
     if state.fleet.unregister(row.server_id, conn_id) {
-        if let Err(e) = presence::mark_offline(&state, row.server_id).await {
+        if let Err(e) = store.offline(row.server_id).await {
             tracing::warn!(
                 error = format!("{e:#}"),
                 "could not mark the server offline"
@@ -360,6 +356,7 @@ async fn goodbye(ws: &mut Ws, reason: &str) {
 
 struct Conn {
     state: AppState,
+    store: Arc<HubStore>,
     peer: PeerIdentity,
     tenant_id: Uuid,
     server_id: Uuid,
@@ -389,14 +386,15 @@ impl Conn {
     ) -> anyhow::Result<()> {
         let heartbeat = self.state.config.fleet.heartbeat_interval;
         let fleet_cfg = &self.state.config.fleet;
-        presence::mark_online(
-            &self.state,
-            self.server_id,
-            self.peer.agent_id,
-            self.conn_id,
-            &hello,
-        )
-        .await?;
+        let waiting = self
+            .store
+            .online(Online::new(
+                self.server_id,
+                self.peer.agent_id,
+                self.conn_id,
+                &hello,
+            ))
+            .await?;
         let welcome = PanelMessage::Welcome(Welcome {
             protocol_version: PROTOCOL_VERSION,
             agent_id: self.peer.agent_id,
@@ -412,7 +410,7 @@ impl Conn {
             resent = resend.len(),
             "agent connected"
         );
-        let resend = self.with_waiting_rows(resend).await;
+        let resend = self.with_waiting_rows(resend, waiting).await;
         let ids: Vec<uuid::Uuid> = resend.iter().map(|e| e.command_id).collect();
         for envelope in resend {
             self.send(ws, &PanelMessage::Command(envelope)).await?;
@@ -456,17 +454,11 @@ impl Conn {
                     // make agents look silent), the TTL key once per heartbeat interval.
                     if last_redis_touch.elapsed() >= heartbeat {
                         last_redis_touch = Instant::now();
-                        let (state, server, agent, conn, version) = (self.state.clone(), self.server_id, self.peer.agent_id, self.conn_id, self.version.clone());
-                        tokio::spawn(async move { presence::touch_redis(&state, server, agent, conn, &version).await });
+                        self.store.refresh(self.server_id, self.peer.agent_id, self.conn_id, &self.version);
                     }
                     if last_db_touch.elapsed() >= presence::DB_TOUCH_EVERY {
                         last_db_touch = Instant::now();
-                        let (state, server, agent) = (self.state.clone(), self.server_id, self.peer.agent_id);
-                        tokio::spawn(async move {
-                            if let Err(e) = presence::touch_db(&state, server, agent).await {
-                                tracing::warn!(error = format!("{e:#}"), "presence update failed");
-                            }
-                        });
+                        self.store.touch(self.server_id, self.peer.agent_id);
                     }
                     match AgentMessage::decode(&text) {
                         Ok(msg) => self.on_message(ws, msg).await?,
@@ -531,12 +523,9 @@ impl Conn {
                     return Ok(());
                 }
                 self.last_metrics = Some(Instant::now());
-                let (state, tenant, server) = (self.state.clone(), self.tenant_id, self.server_id);
-                tokio::spawn(async move {
-                    if let Err(e) = presence::store_metrics(&state, tenant, server, &report).await {
-                        tracing::warn!(error = format!("{e:#}"), "could not store metrics");
-                    }
-                });
+                if !self.store.metrics(self.tenant_id, self.server_id, report) {
+                    tracing::debug!("metrics queue full; sample dropped");
+                }
             }
             AgentMessage::RenewCertificate { csr_pem } => {
                 if self.renewals >= MAX_RENEWALS_PER_CONNECTION {
@@ -561,26 +550,19 @@ impl Conn {
     }
 
     /// The re-send at connect: the in-memory commands waiting for this server plus every
-    /// row waiting for it (sent by any process), oldest first, each at most once.
+    /// row waiting for it (sent by any process, read with the connect's presence write
+    /// after this connection was registered), oldest first, each at most once.
     async fn with_waiting_rows(
         &self,
         mut resend: Vec<mpanel_protocol::messages::CommandEnvelope>,
+        rows: Vec<commands::Waiting>,
     ) -> Vec<mpanel_protocol::messages::CommandEnvelope> {
-        match commands::waiting(&self.state.db, Some(self.server_id)).await {
-            Ok(rows) => {
-                for row in rows {
-                    match open_envelope(&self.state, &row.envelope) {
-                        Ok(envelope) => resend.push(envelope),
-                        Err(reason) => {
-                            router::fail_unreadable(&self.state, self.server_id, row.id, &reason)
-                                .await
-                        }
-                    }
+        for row in rows {
+            match open_envelope(&self.state, &row.envelope) {
+                Ok(envelope) => resend.push(envelope),
+                Err(reason) => {
+                    router::fail_unreadable(&self.state, self.server_id, row.id, &reason).await
                 }
-            }
-            // The periodic look sends them once the database answers.
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the commands waiting for this agent")
             }
         }
         resend.sort_by_key(|e| e.issued_at);

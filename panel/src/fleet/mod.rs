@@ -14,12 +14,15 @@
 //! - [`router`]: the `LISTEN` loop every panel process runs: commands to write to agents
 //!   held here, outcomes for senders here, revocations made elsewhere.
 //! - [`presence`]: online/offline and last seen (Redis and PostgreSQL), metrics history.
+//! - [`batch`]: the hub's lookups, presence writes and metrics samples, one statement per
+//!   batch of connections (group commit), through at most three pool connections.
 //!
 //! Wire types (messages, enrollment bodies, the token format) live in
 //! `mpanel_protocol::messages`; this module converts at the edge and owns the database rows
 //! (`agents`, `agent_certificates`, `enrollment_tokens`, `server_metrics`, `agent_commands`, the presence
 //! columns of `servers`). It never talks to agents itself over HTTP: agents dial in.
 
+pub mod batch;
 pub mod ca;
 pub mod commands;
 pub mod dispatch;

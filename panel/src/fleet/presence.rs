@@ -10,6 +10,10 @@
 //! - `server_metrics`: one row per accepted report, at most one per second per server, kept
 //!   for `AGENT_METRICS_RETENTION` and at most [`MAX_SAMPLES_PER_SERVER`] per server.
 //!
+//! The hub writes all three through [`super::batch`] (one statement per batch of
+//! connections); this module keeps the keys, the offline mark the API uses, and the
+//! maintenance.
+//!
 //! The maintenance loop of every replica's hub reloads its own cache of revoked serials
 //! (per process, so everywhere), marks offline the servers whose `last_seen_at` went stale
 //! (their replica died without saying so; idempotent, so everywhere) and prunes metrics and
@@ -17,11 +21,9 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
-use chrono::{DateTime, Utc};
-use mpanel_protocol::messages::{Hello, MetricsReport, Role};
+use chrono::Utc;
+use mpanel_protocol::messages::Role;
 use redis::AsyncCommands;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -43,7 +45,7 @@ pub fn presence_key(state: &AppState, server_id: Uuid) -> String {
     state.redis.key(&format!("fleet:presence:{server_id}"))
 }
 
-fn ttl_secs(state: &AppState) -> u64 {
+pub(super) fn ttl_secs(state: &AppState) -> u64 {
     (state.config.fleet.heartbeat_interval.as_secs() * 3).max(3)
 }
 
@@ -63,76 +65,6 @@ pub fn server_roles(roles: &[Role]) -> Vec<ServerRole> {
     out
 }
 
-/// The connection is accepted: the server is online.
-pub async fn mark_online(
-    state: &AppState,
-    server_id: Uuid,
-    agent_id: Uuid,
-    conn_id: u64,
-    hello: &Hello,
-) -> anyhow::Result<()> {
-    let version = hello.agent_version.as_str();
-    let mut tx = state.db.begin().await?;
-    sqlx::query(
-        "UPDATE servers SET agent_online = true, agent_version = $2, last_seen_at = now()
-          WHERE id = $1",
-    )
-    .bind(server_id)
-    .bind(version)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE agents SET last_seen_at = now(), version = $2, hostname = $3, roles = $4
-          WHERE id = $1",
-    )
-    .bind(agent_id)
-    .bind(version)
-    .bind(hello.hostname.as_str())
-    .bind(server_roles(&hello.roles))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    touch_redis(state, server_id, agent_id, conn_id, version).await;
-    Ok(())
-}
-
-/// Refreshes the Redis presence key; a Redis outage is logged, not fatal.
-pub async fn touch_redis(
-    state: &AppState,
-    server_id: Uuid,
-    agent_id: Uuid,
-    conn_id: u64,
-    version: &str,
-) {
-    let value = json!({
-        "agentId": agent_id,
-        "version": version,
-        "connId": conn_id,
-        "replica": state.fleet.replica,
-        "lastSeenAt": Utc::now(),
-    })
-    .to_string();
-    let mut conn = state.redis.conn();
-    let r: redis::RedisResult<()> = conn
-        .set_ex(presence_key(state, server_id), value, ttl_secs(state))
-        .await;
-    if let Err(e) = r {
-        tracing::debug!(error = %e, "presence: Redis unavailable");
-    }
-}
-
-pub async fn touch_db(state: &AppState, server_id: Uuid, agent_id: Uuid) -> anyhow::Result<()> {
-    sqlx::query("UPDATE servers SET last_seen_at = now(), agent_online = true WHERE id = $1")
-        .bind(server_id)
-        .execute(&state.db)
-        .await?;
-    sqlx::query("UPDATE agents SET last_seen_at = now() WHERE id = $1")
-        .bind(agent_id)
-        .execute(&state.db)
-        .await?;
-    Ok(())
-}
-
 /// The connection ended and no newer one replaced it: the server is offline.
 pub async fn mark_offline(state: &AppState, server_id: Uuid) -> anyhow::Result<()> {
     sqlx::query("UPDATE servers SET agent_online = false, last_seen_at = now() WHERE id = $1")
@@ -144,45 +76,6 @@ pub async fn mark_offline(state: &AppState, server_id: Uuid) -> anyhow::Result<(
     if let Err(e) = r {
         tracing::debug!(error = %e, "presence: Redis unavailable");
     }
-    Ok(())
-}
-
-/// Stores one report. `collected_at` comes from the agent's clock: one far from ours is
-/// replaced by ours, so a wrong clock cannot hide samples from the history or the pruning.
-pub async fn store_metrics(
-    state: &AppState,
-    tenant_id: Uuid,
-    server_id: Uuid,
-    m: &MetricsReport,
-) -> anyhow::Result<()> {
-    let now = Utc::now();
-    let collected_at: DateTime<Utc> = if (m.collected_at - now).num_seconds().abs() > 300 {
-        now
-    } else {
-        m.collected_at
-    };
-    let finite = |v: f64| v.is_finite().then_some(v as f32);
-    sqlx::query(
-        "INSERT INTO server_metrics (tenant_id, server_id, collected_at, cpu_percent,
-             memory_used_bytes, memory_total_bytes, load1, load5, load15, uptime_secs, disks,
-             services)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(tenant_id)
-    .bind(server_id)
-    .bind(collected_at)
-    .bind(finite(f64::from(m.cpu_percent)))
-    .bind(i64::try_from(m.memory_used_bytes).unwrap_or(i64::MAX))
-    .bind(i64::try_from(m.memory_total_bytes).unwrap_or(i64::MAX))
-    .bind(finite(m.load1))
-    .bind(finite(m.load5))
-    .bind(finite(m.load15))
-    .bind(i64::try_from(m.uptime_secs).unwrap_or(i64::MAX))
-    .bind(serde_json::to_value(&m.disks)?)
-    .bind(serde_json::to_value(&m.services)?)
-    .execute(&state.db)
-    .await
-    .context("store metrics")?;
     Ok(())
 }
 
