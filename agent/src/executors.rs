@@ -56,6 +56,9 @@ pub async fn execute(command: &Command, config: &AgentConfig) -> Outcome {
             crate::roles::web::set_site_suspended(cmd, &config.web).await
         }
         Command::TerminateSite(cmd) => crate::roles::web::terminate_site(cmd, &config.web).await,
+        Command::IssueCertificate(cmd) => {
+            crate::roles::web::issue_certificate(cmd, &config.web, &config.state_dir).await
+        }
         Command::BackupSite(cmd) => crate::roles::backup::backup_site(cmd, &config.backup).await,
         Command::BackupDatabase(cmd) => {
             crate::roles::backup::backup_database(cmd, &config.backup).await

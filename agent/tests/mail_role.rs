@@ -579,6 +579,9 @@ async fn a_real_dovecot_logs_the_mailbox_in() {
         })
         .await;
     dovecot.expect_login(user, "battery staple", false);
-    assert!(!sb.path("vmail/example.com/info").exists(), "archived, then removed");
+    assert!(
+        !sb.path("vmail/example.com/info").exists(),
+        "archived, then removed"
+    );
     assert_eq!(std::fs::read_dir(sb.path("archive")).unwrap().count(), 1);
 }

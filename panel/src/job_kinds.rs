@@ -24,6 +24,8 @@ job_kinds! {
     SuspendSubscription(subscriptions::job::SuspendSubscription) = "suspendSubscription",
     UnsuspendSubscription(subscriptions::job::UnsuspendSubscription) = "unsuspendSubscription",
     TerminateSubscription(subscriptions::job::TerminateSubscription) = "terminateSubscription",
+    ProvisionOrderCertificate(hosting::tls::ProvisionOrderCertificate) = "orderCertificate",
+    IssueSiteCertificate(hosting::tls::IssueSiteCertificate) = "issueCertificate",
 }
 
 #[cfg(test)]
@@ -54,6 +56,7 @@ mod tests {
             OrderStep::Site,
             OrderStep::Mailbox,
             OrderStep::Vps,
+            OrderStep::Certificate,
         ] {
             let payload = step.payload(order());
             assert_eq!(payload.job_type(), step.job_type());
@@ -107,6 +110,6 @@ mod tests {
             "flattened as before"
         );
         assert_eq!(site.refs().hosting_account_id, Some(id));
-        assert_eq!(JobPayload::KINDS.len(), 18);
+        assert_eq!(JobPayload::KINDS.len(), 20);
     }
 }

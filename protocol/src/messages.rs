@@ -34,7 +34,7 @@ use uuid::Uuid;
 use crate::backup::{BackupDatabase, BackupSite};
 use crate::dns::{DeleteDnsZone, SyncDnsZone};
 use crate::mail::{CreateMailbox, DeleteMailbox, SetMailboxEnabled, SetMailboxPassword};
-use crate::web::{CreateSite, SetSiteSuspended, TerminateSite};
+use crate::web::{CreateSite, IssueCertificate, SetSiteSuspended, TerminateSite};
 
 /// The version of this protocol. Bump it when a change is not backwards compatible (a new
 /// required field, a changed meaning); a new message or command type that an older peer
@@ -672,7 +672,7 @@ commands! {
     "set_mailbox_enabled" => SetMailboxEnabled(SetMailboxEnabled),
     /// Replaces a mailbox's password hash.
     "set_mailbox_password" => SetMailboxPassword(SetMailboxPassword),
-    /// Removes a mailbox's entries, keeping its maildir (idempotent).
+    /// Archives a mailbox's maildir, then removes it and its entries (idempotent).
     "delete_mailbox" => DeleteMailbox(DeleteMailbox),
     /// Makes a website exist and serve: user, home, document root, php-fpm pool, vhost.
     "create_site" => CreateSite(CreateSite),
@@ -680,6 +680,8 @@ commands! {
     "set_site_suspended" => SetSiteSuspended(SetSiteSuspended),
     /// Archives a website's home, then removes its vhost, pool and user (idempotent).
     "terminate_site" => TerminateSite(TerminateSite),
+    /// Obtains, installs and verifies a site's ACME certificate (apex and www).
+    "issue_certificate" => IssueCertificate(IssueCertificate),
     /// Archives a website's files (tar + zstd) and keeps the newest archives of its target.
     "backup_site" => BackupSite(BackupSite),
     /// Dumps a PostgreSQL database (custom format) and keeps the newest dumps of it.

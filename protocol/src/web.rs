@@ -1,5 +1,5 @@
 //! Websites as the panel asks a `web` agent to serve them: [`CreateSite`],
-//! [`SetSiteSuspended`] and [`TerminateSite`].
+//! [`SetSiteSuspended`], [`TerminateSite`] and their HTTPS, [`IssueCertificate`].
 //!
 //! Every value that reaches a path, an nginx or php-fpm file or a command line is one of the
 //! validating newtypes: a [`DomainName`] is lowercase ASCII letters, digits, `-` and `.`, a
@@ -7,6 +7,7 @@
 //! [`PhpVersion`] is `MAJOR.MINOR`. Nothing in a command can add a directive, a path segment
 //! or an argument.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -132,5 +133,49 @@ mod tests {
                 "{tampered} was accepted"
             );
         }
+    }
+}
+
+/// Gives the site a certificate for its apex and `www` from the agent's ACME directory
+/// (HTTP-01, answered by the site's own vhost over plain HTTP), installs it on a 443 server
+/// block (HTTP redirected to HTTPS except the challenge path; suspended sites show their
+/// page on both ports) and checks with a real TLS handshake that the served certificate is
+/// the one installed. The account key and the site's key are made on the host and never
+/// leave it. Sending it again keeps a certificate that is not yet due for renewal (two
+/// thirds of its lifetime) unless `force`. The agent renews its certificates by itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IssueCertificate {
+    pub domain: DomainName,
+    pub system_user: SystemUser,
+    pub php_version: PhpVersion,
+    /// Order a new certificate even when the current one is not due.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The certificate being served after the command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IssueCertificateOutput {
+    /// The issuer's distinguished name, as in the certificate.
+    pub issuer: String,
+    /// The certificate's serial number, lowercase hex.
+    pub serial: String,
+    /// The DNS names it covers.
+    pub names: Vec<String>,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+    /// When the agent will renew it.
+    pub renew_at: DateTime<Utc>,
+    /// `false` when the certificate already served was kept.
+    pub changed: bool,
+}
+
+impl AgentCommand for IssueCertificate {
+    type Output = IssueCertificateOutput;
+
+    fn required_role(&self) -> Option<Role> {
+        Some(Role::Web)
     }
 }

@@ -7,6 +7,7 @@ pub mod dovecot;
 pub mod fleet;
 pub mod panel;
 pub mod pdns;
+pub mod pebble;
 pub mod proxy;
 pub mod replica;
 pub mod selling;

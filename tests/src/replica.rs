@@ -152,8 +152,21 @@ impl Fleet3 {
     /// Adds the servers through `app`'s API and enrolls an agent for each; `hubs[i]` are the
     /// hubs agent `i` (web, dns, mail) may dial. The agents are started.
     pub async fn start(app: &TestApp, admin: &str, hubs: [&[SocketAddr]; 3]) -> Fleet3 {
-        let pdns = Pdns::start().await;
         let web = WebSandbox::start();
+        let web_toml = web.agent_toml();
+        Fleet3::start_with_web(app, admin, hubs, web, &web_toml).await
+    }
+
+    /// [`Fleet3::start`] over a web sandbox already started, its agent's `[web]` section
+    /// being `web_toml` (for HTTPS: `WebSandbox::agent_toml_acme`).
+    pub async fn start_with_web(
+        app: &TestApp,
+        admin: &str,
+        hubs: [&[SocketAddr]; 3],
+        web: WebSandbox,
+        web_toml: &str,
+    ) -> Fleet3 {
+        let pdns = Pdns::start().await;
         let mail_dir = tempfile::tempdir().unwrap();
         let web_id = add_server(app, admin, "srv1-web", "WEB", "192.0.2.80").await;
         let dns_id = add_server(app, admin, "dns-core", "DNS", "192.0.2.53").await;
@@ -162,7 +175,7 @@ impl Fleet3 {
         std::fs::write(&key_file, API_KEY).unwrap();
         let md = mail_dir.path().display().to_string();
         let configs = [
-            format!("roles = [\"web\"]\n{}", web.agent_toml()),
+            format!("roles = [\"web\"]\n{web_toml}"),
             format!(
                 "roles = [\"dns\"]\n[dns]\napi_url = \"{}\"\napi_key_file = \"{}\"\n",
                 pdns.api_url(),

@@ -16,6 +16,8 @@ pub const NGINX: &str = "/usr/sbin/nginx";
 pub struct WebSandbox {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// A free loopback port for the sites' HTTPS servers (see [`WebSandbox::agent_toml_acme`]).
+    pub https_port: u16,
     running: bool,
 }
 
@@ -59,9 +61,15 @@ impl WebSandbox {
             d = d.display()
         );
         std::fs::write(d.join("nginx.conf"), conf).unwrap();
+        let https_port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut sandbox = WebSandbox {
             dir,
             port,
+            https_port,
             running: false,
         };
         let status = Command::new(NGINX)
@@ -105,6 +113,44 @@ impl WebSandbox {
             test = self.argv_toml(&["-t", "-q"]),
             reload = self.argv_toml(&["-s", "reload"]),
         )
+    }
+
+    /// [`WebSandbox::agent_toml`] with HTTPS: sites' certificates from the ACME server at
+    /// `directory` (whose own TLS chains to `ca_file`, e.g. pebble's), served on
+    /// `https_port`, with certificates and challenges inside the sandbox.
+    pub fn agent_toml_acme(&self, directory: &str, ca_file: &Path) -> String {
+        let d = self.dir.path().display();
+        format!(
+            "{}https_port = {}\ncert_dir = \"{d}/certs\"\nchallenge_dir = \"{d}/acme-challenge\"\n\
+             acme_directory = \"{directory}\"\nacme_ca_file = \"{}\"\n",
+            self.agent_toml(),
+            self.https_port,
+            ca_file.display(),
+        )
+    }
+
+    /// `curl https://host:https_port/` resolved to this nginx and trusting only `root` (PEM
+    /// file): status and body, or curl's error.
+    pub fn get_https(&self, host: &str, root: &Path) -> Result<(u16, String), String> {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", "--cacert"])
+            .arg(root)
+            .arg("--resolve")
+            .arg(format!("{host}:{}:127.0.0.1", self.https_port))
+            .args(["-w", "\n%{http_code}"])
+            .arg(format!("https://{host}:{}/", self.https_port))
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "curl {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = text.rsplit_once('\n').ok_or("no status")?;
+        Ok((code.parse().map_err(|_| "no status")?, body.to_owned()))
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

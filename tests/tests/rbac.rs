@@ -231,6 +231,13 @@ const MATRIX: &[Route] = &[
         200,
         WRITERS,
     ),
+    route(
+        "POST",
+        "/api/hosting/accounts/{hosting}/certificate",
+        Body::None,
+        202,
+        SUPPORT_WRITERS,
+    ),
     route("GET", "/api/domains", Body::None, 200, BILLING_READERS),
     route(
         "GET",

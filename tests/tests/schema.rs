@@ -548,6 +548,8 @@ const FOREIGN_KEYS: &[(&str, &str, &str, &str)] = &[
 const LATER_FIXTURE: &str = r#"
 INSERT INTO subscription_policies (tenant_id, grace_period_secs)
 VALUES ('00000000-0000-0000-0000-000000000001', 86400);
+INSERT INTO site_certificates (tenant_id, hosting_account_id, status)
+SELECT tenant_id, id, 'PENDING' FROM hosting_accounts LIMIT 1;
 "#;
 
 /// One valid row in every table (so constraints and triggers can be exercised). Ids:

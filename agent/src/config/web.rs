@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use url::Url;
 
 use super::checks::{abs_path, argv, config_safe_path};
 
@@ -36,7 +37,17 @@ pub(super) struct RawWeb {
     vhost_template: Option<PathBuf>,
     suspended_template: Option<PathBuf>,
     pool_template: Option<PathBuf>,
+    https_port: Option<u16>,
+    cert_dir: Option<PathBuf>,
+    challenge_dir: Option<PathBuf>,
+    acme_directory: Option<String>,
+    acme_ca_file: Option<PathBuf>,
+    acme_contact: Option<String>,
+    acme_account_file: Option<PathBuf>,
 }
+
+/// Let's Encrypt's production directory: the default `acme_directory`.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
 /// The `[web]` section, checked. `{php}` in `pool_dir`, `php_fpm_test` and
 /// `php_fpm_reload` is replaced by the site's PHP version (`8.2`).
@@ -78,6 +89,22 @@ pub struct WebConfig {
     pub vhost_template: Option<PathBuf>,
     pub suspended_template: Option<PathBuf>,
     pub pool_template: Option<PathBuf>,
+    /// The port of the sites' HTTPS server blocks, on the addresses of `listen`.
+    pub https_port: u16,
+    /// `cert_dir/<domain>/`: the certificate chain, its key (0600) and renewal state.
+    pub cert_dir: PathBuf,
+    /// Served at `/.well-known/acme-challenge/` on every site's port 80 (nginx reads it).
+    pub challenge_dir: PathBuf,
+    /// The RFC 8555 directory certificates are ordered from.
+    pub acme_directory: Url,
+    /// A root to trust for the ACME server's own TLS, besides the system's (a private or
+    /// test CA).
+    pub acme_ca_file: Option<PathBuf>,
+    /// The account's contact (`mailto:…`); `None`: no contact.
+    pub acme_contact: Option<String>,
+    /// The ACME account's credentials (0600); `None`: `acme-account.json` in the agent's
+    /// state directory.
+    pub acme_account_file: Option<PathBuf>,
 }
 
 impl WebConfig {
@@ -190,6 +217,45 @@ pub(super) fn parse(raw: RawWeb, problems: &mut Vec<String>) -> WebConfig {
     let vhost_template = template(p, "web.vhost_template", raw.vhost_template);
     let suspended_template = template(p, "web.suspended_template", raw.suspended_template);
     let pool_template = template(p, "web.pool_template", raw.pool_template);
+    let https_port = raw.https_port.unwrap_or(443);
+    if https_port == 0 {
+        p.push("web.https_port: a port number (1-65535)".into());
+    }
+    let cert_dir = config_safe_path(p, "web.cert_dir", raw.cert_dir, "/etc/mpanel-agent/certs");
+    let challenge_dir = config_safe_path(
+        p,
+        "web.challenge_dir",
+        raw.challenge_dir,
+        "/var/www/mpanel-acme",
+    );
+    let acme_directory = match Url::parse(raw.acme_directory.as_deref().unwrap_or(LETS_ENCRYPT)) {
+        // The account key signs every request: never over plain HTTP.
+        Ok(u) if u.scheme() == "https" && u.host().is_some() => u,
+        _ => {
+            p.push("web.acme_directory: an https:// URL (an RFC 8555 directory)".into());
+            Url::parse(LETS_ENCRYPT).expect("valid")
+        }
+    };
+    let acme_ca_file = raw
+        .acme_ca_file
+        .map(|v| abs_path(p, "web.acme_ca_file", Some(v), "/"));
+    let acme_contact = raw.acme_contact.map(|c| {
+        let address = c.strip_prefix("mailto:").unwrap_or(&c);
+        let ok = address.len() <= 254
+            && address
+                .split_once('@')
+                .is_some_and(|(local, host)| !local.is_empty() && host.contains('.'))
+            && !address
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch.is_control() || ",;<>\"".contains(ch));
+        if !ok {
+            p.push("web.acme_contact: an e-mail address (or mailto:address)".into());
+        }
+        format!("mailto:{address}")
+    });
+    let acme_account_file = raw
+        .acme_account_file
+        .map(|v| abs_path(p, "web.acme_account_file", Some(v), "/"));
     WebConfig {
         home_root,
         users_prefix,
@@ -215,5 +281,65 @@ pub(super) fn parse(raw: RawWeb, problems: &mut Vec<String>) -> WebConfig {
         vhost_template,
         suspended_template,
         pool_template,
+        https_port,
+        cert_dir,
+        challenge_dir,
+        acme_directory,
+        acme_ca_file,
+        acme_contact,
+        acme_account_file,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::AgentConfig;
+
+    #[test]
+    fn https_and_acme_keys_have_defaults_and_are_checked() {
+        let web = AgentConfig::parse("").unwrap().web;
+        assert_eq!(web.https_port, 443);
+        assert_eq!(
+            web.cert_dir,
+            std::path::Path::new("/etc/mpanel-agent/certs")
+        );
+        assert_eq!(
+            web.challenge_dir,
+            std::path::Path::new("/var/www/mpanel-acme")
+        );
+        assert_eq!(web.acme_directory.as_str(), super::LETS_ENCRYPT);
+        assert!(web.acme_ca_file.is_none() && web.acme_contact.is_none());
+        assert!(web.acme_account_file.is_none());
+
+        let web = AgentConfig::parse(
+            "[web]\nhttps_port = 8443\nacme_directory = \"https://127.0.0.1:14000/dir\"\n\
+             acme_contact = \"ops@example.com\"\nacme_ca_file = \"/etc/pebble.pem\"",
+        )
+        .unwrap()
+        .web;
+        assert_eq!(web.https_port, 8443);
+        assert_eq!(web.acme_contact.as_deref(), Some("mailto:ops@example.com"));
+
+        for (toml, key) in [
+            ("[web]\nhttps_port = 0", "web.https_port"),
+            (
+                "[web]\nacme_directory = \"http://ca.example/dir\"",
+                "web.acme_directory",
+            ),
+            (
+                "[web]\nacme_contact = \"not an address\"",
+                "web.acme_contact",
+            ),
+            ("[web]\nacme_contact = \"a@b.c,d@e.f\"", "web.acme_contact"),
+            (
+                "[web]\nchallenge_dir = \"/var/www/a;b\"",
+                "web.challenge_dir",
+            ),
+            ("[web]\ncert_dir = \"certs\"", "web.cert_dir"),
+            ("[web]\nacme_ca_file = \"ca.pem\"", "web.acme_ca_file"),
+        ] {
+            let e = format!("{:#}", AgentConfig::parse(toml).unwrap_err());
+            assert!(e.contains(key), "{toml}: {e}");
+        }
     }
 }

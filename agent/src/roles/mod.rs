@@ -1,10 +1,13 @@
 //! The executors of each role's commands, one module per role.
 //!
+//! - [`acme`]: the ACME client the web role's certificates come from.
 //! - [`backup`]: site archives (tar + zstd) and database dumps (pg_dump), pruned per target.
 //! - [`dns`]: PowerDNS zones through the local PowerDNS HTTP API.
 //! - [`mail`]: Postfix virtual mailboxes and Dovecot passwd-file users.
-//! - [`web`]: Linux users, document roots, nginx vhosts and php-fpm pools.
+//! - [`web`]: Linux users, document roots, nginx vhosts and php-fpm pools, and the sites'
+//!   certificates (issued, installed, checked and renewed).
 
+pub mod acme;
 pub mod backup;
 pub mod dns;
 pub mod mail;

@@ -13,9 +13,17 @@
 //! page, and expires the user's account and gives it the `nologin` shell (no SSH, SFTP or
 //! cron login); **unsuspend** undoes both. Files, pool and user are kept.
 //!
+//! **HTTPS** (`IssueCertificate`, module `tls`): a certificate for the apex and `www` from the
+//! configured ACME directory, HTTP-01 answered by the site's own vhost: every vhost, normal
+//! or suspended, serves `challenge_dir` at `/.well-known/acme-challenge/` on port 80. Once the
+//! site has a certificate its vhost holds an HTTPS server (`https_port`) and a port-80
+//! server that redirects everything else to it; a suspended site shows its page on both.
+//! The agent renews its certificates itself ([`renew_certificates`]).
+//!
 //! **Terminate** archives the home (`archive_dir/<user>-<domain>-<UTC time>.tar.zst`, 0600)
-//! before anything is removed, then removes the vhost and the pool, reloads, and removes the
-//! user with its home. If the archive cannot be made, nothing is removed.
+//! before anything is removed, then removes the vhost and the pool, reloads, removes the
+//! site's certificate, key and renewal state, and removes the user with its home. If the
+//! archive cannot be made, nothing is removed.
 //!
 //! Everything is idempotent: a command that finds the site as asked changes nothing and
 //! answers `changed: false`. Commands run one at a time (a process-wide lock).
@@ -28,7 +36,8 @@
 //! **Errors.** `web_io_failed` (retryable), `web_unsafe_path`, `web_user_conflict` (a user of
 //! that name exists with another home), `site_not_found`, `php_version_unavailable`,
 //! `web_template_invalid`, `nginx_config_invalid`, `php_fpm_config_invalid`,
-//! `user_command_failed`, `archive_failed`, `reload_failed` (retryable).
+//! `user_command_failed`, `archive_failed`, `reload_failed` (retryable); for certificates also
+//! those of `tls` and `acme`.
 
 use std::{
     fs,
@@ -40,15 +49,19 @@ use mpanel_protocol::{
     DomainName, PhpVersion, SystemUser,
     messages::Outcome,
     web::{
-        CreateSite, CreateSiteOutput, SetSiteSuspended, SetSiteSuspendedOutput, TerminateSite,
-        TerminateSiteOutput,
+        CreateSite, CreateSiteOutput, IssueCertificate, SetSiteSuspended, SetSiteSuspendedOutput,
+        TerminateSite, TerminateSiteOutput,
     },
 };
 
 use crate::{
     config::WebConfig,
-    host::{Failure, is_root, run, stage, sync_dir, to_outcome},
+    host::{self, Archive, Failure, is_root, run, stage, sync_dir, to_outcome},
 };
+
+mod tls;
+
+pub use tls::{renew_certificates, renew_due};
 
 const IO: &str = "web_io_failed";
 const DOCROOT: &str = "public_html";
@@ -60,6 +73,12 @@ const VHOST_TEMPLATE: &str = include_str!("web/vhost.conf");
 const SUSPENDED_TEMPLATE: &str = include_str!("web/suspended.conf");
 const POOL_TEMPLATE: &str = include_str!("web/pool.conf");
 const PLACEHOLDER: &str = include_str!("web/placeholder.html");
+/// The port-80 server of a site with a certificate: the challenge, and a redirect.
+const REDIRECT_TEMPLATE: &str = include_str!("web/redirect.conf");
+/// `{{acme_challenge}}`: the challenge location every vhost has.
+const CHALLENGE_SNIPPET: &str = include_str!("web/challenge.conf");
+/// `{{tls}}`: the certificate and TLS settings of a site's HTTPS server.
+const TLS_SNIPPET: &str = include_str!("web/tls.conf");
 
 /// Executes [`CreateSite`].
 pub async fn create_site(cmd: &CreateSite, cfg: &WebConfig) -> Outcome {
@@ -73,6 +92,22 @@ pub async fn set_site_suspended(cmd: &SetSiteSuspended, cfg: &WebConfig) -> Outc
     let _guard = LOCK.lock().await;
     let site = Site::new(cfg, &cmd.domain, &cmd.system_user, &cmd.php_version);
     to_outcome(set_suspended(&site, cmd.suspended).await)
+}
+
+/// Executes [`IssueCertificate`] (see [`tls`]); the ACME account lives in `state_dir` unless
+/// `acme_account_file` says otherwise.
+pub async fn issue_certificate(
+    cmd: &IssueCertificate,
+    cfg: &WebConfig,
+    state_dir: &Path,
+) -> Outcome {
+    let _guard = LOCK.lock().await;
+    let site = Site::new(cfg, &cmd.domain, &cmd.system_user, &cmd.php_version);
+    let result = tls::issue(&site, state_dir, tls::Mode::Command { force: cmd.force }).await;
+    if let Err(failure) = &result {
+        tls::record_failure(cfg, site.domain, failure);
+    }
+    to_outcome(result)
 }
 
 /// Executes [`TerminateSite`].
@@ -151,14 +186,33 @@ impl<'a> Site<'a> {
         }
     }
 
-    fn render(&self, template: &str, name: &str) -> Result<String, Failure> {
-        let listen: Vec<String> = self
-            .cfg
+    /// `{{listen}}` for the plain HTTP server: `listen` as configured.
+    fn http_listen(&self) -> Vec<String> {
+        self.cfg
             .listen
             .iter()
             .map(|l| format!("    listen {l};"))
-            .collect();
-        let vars: [(&str, String); 10] = [
+            .collect()
+    }
+
+    /// Renders `template` with the site's values; `listen` and `tls` are the lines of the
+    /// server block being rendered.
+    fn render_block(
+        &self,
+        template: &str,
+        name: &str,
+        listen: &[String],
+        tls: &str,
+    ) -> Result<String, Failure> {
+        let challenge = CHALLENGE_SNIPPET.replace(
+            "{{challenge_dir}}",
+            &self.cfg.challenge_dir.display().to_string(),
+        );
+        let port_suffix = match self.cfg.https_port {
+            443 => String::new(),
+            port => format!(":{port}"),
+        };
+        let vars: [(&str, String); 13] = [
             ("domain", self.domain.to_string()),
             ("user", self.user.to_string()),
             ("php", self.php.to_string()),
@@ -166,6 +220,9 @@ impl<'a> Site<'a> {
             ("docroot", self.host_docroot().display().to_string()),
             ("socket", self.socket().display().to_string()),
             ("listen", listen.join("\n")),
+            ("tls", tls.trim_end().to_owned()),
+            ("acme_challenge", challenge.trim_end().to_owned()),
+            ("https_port_suffix", port_suffix),
             ("log_dir", self.cfg.log_dir.display().to_string()),
             (
                 "fastcgi_params",
@@ -174,6 +231,10 @@ impl<'a> Site<'a> {
             ("web_group", self.cfg.web_group.clone()),
         ];
         let mut out = template.to_owned();
+        if tls.is_empty() {
+            // No certificate: no blank line where its settings would be.
+            out = out.replace("{{tls}}\n", "");
+        }
         for (key, value) in &vars {
             out = out.replace(&format!("{{{{{key}}}}}"), value);
         }
@@ -188,6 +249,10 @@ impl<'a> Site<'a> {
         Ok(out)
     }
 
+    fn render(&self, template: &str, name: &str) -> Result<String, Failure> {
+        self.render_block(template, name, &self.http_listen(), "")
+    }
+
     fn template(&self, custom: &Option<PathBuf>, builtin: &str) -> Result<String, Failure> {
         match custom {
             None => Ok(builtin.to_owned()),
@@ -195,14 +260,31 @@ impl<'a> Site<'a> {
         }
     }
 
-    fn vhost(&self, suspended: bool) -> Result<String, Failure> {
-        if suspended {
+    /// The site's vhost file. Without a certificate: one port-80 server. With one: the site
+    /// on HTTPS and a port-80 server redirecting to it; suspended, one server on both ports.
+    /// Every server answers the ACME challenge.
+    fn vhost(&self, suspended: bool, tls: Option<&tls::Tls>) -> Result<String, Failure> {
+        let http = self.http_listen();
+        let (name, template) = if suspended {
             let t = self.template(&self.cfg.suspended_template, SUSPENDED_TEMPLATE)?;
-            self.render(&t, "suspended vhost")
+            ("suspended vhost", t)
         } else {
-            let t = self.template(&self.cfg.vhost_template, VHOST_TEMPLATE)?;
-            self.render(&t, "vhost")
+            (
+                "vhost",
+                self.template(&self.cfg.vhost_template, VHOST_TEMPLATE)?,
+            )
+        };
+        let Some(tls) = tls else {
+            return self.render_block(&template, name, &http, "");
+        };
+        let https = tls.listen(self.cfg);
+        let block = tls.block();
+        if suspended {
+            return self.render_block(&template, name, &[http, https].concat(), &block);
         }
+        let redirect = self.render_block(REDIRECT_TEMPLATE, "redirect", &http, "")?;
+        let site = self.render_block(&template, name, &https, &block)?;
+        Ok(format!("{redirect}{site}"))
     }
 
     fn pool(&self) -> Result<String, Failure> {
@@ -236,7 +318,9 @@ async fn create(site: &Site<'_>) -> Result<CreateSiteOutput, Failure> {
         if pool_changed && let Some(test) = &cfg.php_fpm_test {
             run("php_fpm_config_invalid", &site.php_argv(test), false).await?;
         }
-        let vhost_changed = changes.write(&site.vhost_path(), &site.vhost(false)?, 0o644)?;
+        let tls = tls::installed(site).await?;
+        let vhost = site.vhost(false, tls.as_ref())?;
+        let vhost_changed = changes.write(&site.vhost_path(), &vhost, 0o644)?;
         if vhost_changed {
             run("nginx_config_invalid", &cfg.nginx_test, false).await?;
         }
@@ -280,7 +364,9 @@ async fn set_suspended(
     };
     let mut changes = Changes::default();
     let result = async {
-        let vhost_changed = changes.write(&site.vhost_path(), &site.vhost(suspended)?, 0o644)?;
+        let tls = tls::installed(site).await?;
+        let vhost = site.vhost(suspended, tls.as_ref())?;
+        let vhost_changed = changes.write(&site.vhost_path(), &vhost, 0o644)?;
         if vhost_changed {
             run("nginx_config_invalid", &cfg.nginx_test, false).await?;
         }
@@ -351,6 +437,8 @@ async fn terminate(site: &Site<'_>) -> Result<TerminateSiteOutput, Failure> {
         changes.undo(site).await;
         return Err(failure);
     }
+    // No vhost refers to them any more: the certificate, its key and its renewal state go.
+    removed |= tls::remove(site)?;
     if user.is_some() {
         let mut argv = vec![cfg.userdel.display().to_string()];
         argv.extend(site.prefix_args());
@@ -554,49 +642,26 @@ async fn set_user_locked(site: &Site<'_>, locked: bool) -> Result<(), Failure> {
     run("user_command_failed", &argv, false).await
 }
 
-/// `archive_dir/<user>-<domain>-<UTC time>.tar.zst`, written under a temporary name and
-/// renamed once complete.
+/// `archive_dir/<user>-<domain>-<UTC time>.tar.zst` of the home (see `host::archive`).
 async fn archive_home(site: &Site<'_>, home: &Path) -> Result<PathBuf, Failure> {
     let cfg = site.cfg;
-    fs::create_dir_all(&cfg.archive_dir)
-        .and_then(|()| fs::set_permissions(&cfg.archive_dir, fs::Permissions::from_mode(0o700)))
-        .map_err(|e| Failure::io(IO, "create", &cfg.archive_dir, e))?;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let name = format!("{}-{}-{stamp}.tar.zst", site.user, site.domain);
-    let target = cfg.archive_dir.join(&name);
-    let tmp = cfg.archive_dir.join(format!(".{name}.partial"));
+    let archive = Archive {
+        tar: &cfg.tar,
+        zstd: &cfg.zstd,
+        dir: &cfg.archive_dir,
+        name: format!("{}-{}-{stamp}.tar.zst", site.user, site.domain),
+    };
     let parent = home.parent().unwrap_or(Path::new("/"));
-    let argv = vec![
-        cfg.tar.display().to_string(),
-        format!("--use-compress-program={}", cfg.zstd.display()),
-        "--create".into(),
-        "--file".into(),
-        tmp.display().to_string(),
-        "--directory".into(),
-        parent.display().to_string(),
-        site.user.to_string(),
-    ];
-    let made = async {
-        run("archive_failed", &argv, true).await?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
-            .and_then(|()| fs::File::open(&tmp)?.sync_all())
-            .and_then(|()| fs::rename(&tmp, &target))
-            .and_then(|()| sync_dir(&target))
-            .map_err(|e| Failure::io("archive_failed", "finish", &target, e))
-    }
-    .await;
-    if let Err(f) = made {
-        let _ = fs::remove_file(&tmp);
-        return Err(f);
-    }
-    Ok(target)
+    host::archive(&archive, parent, site.user.as_str()).await
 }
 
 /// What a command changed so far, to put back when a later step fails.
 #[derive(Default)]
 struct Changes {
-    /// Files replaced or created: their path and previous contents (`None`: did not exist).
-    files: Vec<(PathBuf, Option<String>)>,
+    /// Files replaced or created: their path, previous contents (`None`: did not exist) and
+    /// the mode to put them back with (keys are 0600).
+    files: Vec<(PathBuf, Option<String>, u32)>,
     /// Directories and files this command created (removed again, newest first).
     created_paths: Vec<PathBuf>,
     user_created: bool,
@@ -624,7 +689,7 @@ impl Changes {
             return Ok(false);
         }
         replace(path, contents, mode)?;
-        self.files.push((path.to_path_buf(), old));
+        self.files.push((path.to_path_buf(), old, mode));
         Ok(true)
     }
 
@@ -635,17 +700,20 @@ impl Changes {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(Failure::io(IO, "read", path, e)),
         };
+        let mode = fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .map_err(|e| Failure::io(IO, "inspect", path, e))?;
         fs::remove_file(path).map_err(|e| Failure::io(IO, "remove", path, e))?;
-        self.files.push((path.to_path_buf(), Some(old)));
+        self.files.push((path.to_path_buf(), Some(old), mode));
         Ok(true)
     }
 
     /// Puts back what this command changed, newest first; problems are logged (the
     /// command's own failure is what the panel sees).
     async fn undo(self, site: &Site<'_>) {
-        for (path, old) in self.files.iter().rev() {
+        for (path, old, mode) in self.files.iter().rev() {
             let restored = match old {
-                Some(text) => replace(path, text, 0o644),
+                Some(text) => replace(path, text, *mode),
                 None => fs::remove_file(path).map_err(|e| Failure::io(IO, "remove", path, e)),
             };
             if let Err(f) = restored {
@@ -724,12 +792,12 @@ mod tests {
         let user = SystemUser::parse("examplecom").unwrap();
         let php = PhpVersion::parse("8.2").unwrap();
         let site = Site::new(&cfg, &domain, &user, &php);
-        let vhost = site.vhost(false).unwrap();
+        let vhost = site.vhost(false, None).unwrap();
         assert!(vhost.contains("server_name example.com www.example.com;"));
         assert!(vhost.contains("root /home/examplecom/public_html;"));
         assert!(vhost.contains("fastcgi_pass unix:/run/php/php8.2-fpm-examplecom.sock;"));
         assert!(vhost.contains("    listen 80;\n    listen [::]:80;"));
-        let suspended = site.vhost(true).unwrap();
+        let suspended = site.vhost(true, None).unwrap();
         assert!(suspended.contains("return 503"), "{suspended}");
         assert!(!suspended.contains("fastcgi_pass"));
         let pool = site.pool().unwrap();
@@ -743,6 +811,64 @@ mod tests {
             assert!(!text.contains("{{"), "{text}");
         }
         assert!(site.render("x {{nope}}", "test").is_err());
+    }
+
+    #[test]
+    fn with_a_certificate_http_redirects_and_https_serves_the_site() {
+        let mut cfg = config();
+        cfg.https_port = 8443;
+        let domain = DomainName::parse("example.com").unwrap();
+        let user = SystemUser::parse("examplecom").unwrap();
+        let php = PhpVersion::parse("8.2").unwrap();
+        let site = Site::new(&cfg, &domain, &user, &php);
+        let challenge =
+            "location ^~ /.well-known/acme-challenge/ {\n        root /var/www/mpanel-acme;";
+        assert!(site.vhost(false, None).unwrap().contains(challenge));
+        for http2_directive in [false, true] {
+            let tls = tls::Tls {
+                chain: PathBuf::from("/etc/mpanel-agent/certs/example.com/fullchain.pem"),
+                key: PathBuf::from("/etc/mpanel-agent/certs/example.com/privkey.pem"),
+                http2_directive,
+            };
+            let vhost = site.vhost(false, Some(&tls)).unwrap();
+            let (http, https) = vhost.split_once("\n}\n").unwrap();
+            assert!(
+                http.contains("    listen 80;\n    listen [::]:80;"),
+                "{http}"
+            );
+            assert!(
+                http.contains("return 301 https://$host:8443$request_uri;"),
+                "{http}"
+            );
+            assert!(
+                http.contains(challenge) && !http.contains("fastcgi_pass"),
+                "{http}"
+            );
+            let listen = if http2_directive {
+                "    listen 8443 ssl;\n    listen [::]:8443 ssl;"
+            } else {
+                "    listen 8443 ssl http2;\n    listen [::]:8443 ssl http2;"
+            };
+            assert!(https.contains(listen), "{https}");
+            assert_eq!(https.contains("    http2 on;"), http2_directive);
+            assert!(https.contains("ssl_protocols TLSv1.2 TLSv1.3;"), "{https}");
+            assert!(
+                https.contains(
+                    "ssl_certificate_key /etc/mpanel-agent/certs/example.com/privkey.pem;"
+                )
+            );
+            assert!(https.contains("fastcgi_pass unix:") && https.contains(challenge));
+            assert!(!https.contains("listen 80;"));
+            // Suspended: one server, both ports, the page and the challenge.
+            let suspended = site.vhost(true, Some(&tls)).unwrap();
+            assert_eq!(suspended.matches("server {").count(), 1, "{suspended}");
+            assert!(suspended.contains("    listen 80;") && suspended.contains(listen));
+            assert!(suspended.contains("return 503") && suspended.contains(challenge));
+            assert!(!suspended.contains("return 301"));
+            for text in [vhost, suspended] {
+                assert!(!text.contains("{{"), "{text}");
+            }
+        }
     }
 
     #[test]

@@ -180,6 +180,23 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         trim_due: AtomicBool::new(false),
     });
 
+    if agent
+        .config
+        .roles
+        .contains(&mpanel_protocol::messages::Role::Web)
+    {
+        // Renewal needs no panel: it runs whether or not a hub is reachable.
+        let renewal = crate::roles::web::renew_certificates(
+            agent.config.web.clone(),
+            agent.config.state_dir.clone(),
+            shutdown.clone(),
+        );
+        agent.tracker.spawn(tracing::Instrument::instrument(
+            renewal,
+            tracing::info_span!("certificate_renewal"),
+        ));
+    }
+
     let mut attempt = 0u32;
     // `None` before the first dial; then the back-off before dialling the next hub.
     let mut pause: Option<Duration> = None;

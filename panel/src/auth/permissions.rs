@@ -79,6 +79,7 @@ actions! {
     HostingWrite => "create hosting accounts",
     HostingSuspend => "suspend or unsuspend hosting accounts",
     HostingTerminate => "terminate hosting accounts",
+    HostingCertificates => "issue HTTPS certificates for hosting accounts",
     VpsRead => "view VPS instances",
     VpsWrite => "create VPS instances",
     VpsPower => "start, stop or reboot VPS instances",
@@ -122,9 +123,8 @@ pub fn roles_allowed(action: Action) -> &'static [UserRole] {
         | SubscriptionsLifecycle => ADMINS,
 
         // Support's limited writes: operational actions that undo cleanly.
-        JobsRetry | DnsSync | HostingSuspend | VpsPower | MailManage | BackupsRun => {
-            ADMINS_AND_SUPPORT
-        }
+        JobsRetry | DnsSync | HostingSuspend | HostingCertificates | VpsPower | MailManage
+        | BackupsRun => ADMINS_AND_SUPPORT,
 
         CatalogRead => EVERYONE,
         CustomersRead | OrdersRead | SubscriptionsRead | InvoicesRead | DomainsRead => BILLING_READ,

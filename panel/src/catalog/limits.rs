@@ -22,6 +22,9 @@ pub struct PlanLimits {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, pattern = r"^[5-9]\.[0-9]{1,2}$")]
     pub php_version: Option<PhpVersion>,
+    /// Whether an order's site gets an HTTPS certificate (ACME, through its web agent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl: Option<bool>,
 }
 
 impl PlanLimits {
@@ -34,5 +37,11 @@ impl PlanLimits {
 
     pub fn includes_mail(&self) -> bool {
         self.emails.is_some_and(|n| n > 0)
+    }
+
+    /// Only plans that say `ssl: true` for now: the default becomes every shared-hosting plan
+    /// once the web agents' issuance is proven end to end.
+    pub fn includes_ssl(&self) -> bool {
+        self.ssl == Some(true)
     }
 }

@@ -356,6 +356,9 @@ pub(crate) async fn account_action(
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
+    if action == AccountAction::Terminate {
+        super::tls::forget(&mut tx, id).await.map_err(db_error)?;
+    }
     // The domain shows what its site does: suspended with it, live again with it.
     if action != AccountAction::Terminate {
         let suspended = action == AccountAction::Suspend;

@@ -24,7 +24,7 @@ use crate::{
         list::{ListQuery, Page, contains_pattern, fetch_page},
     },
     jobs,
-    model::{HostingStatus, JobType},
+    model::HostingStatus,
 };
 use crate::{http::job_action::queue_job, jobs::payload::JobPayload};
 
@@ -35,6 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(suspend))
         .routes(routes!(unsuspend))
         .routes(routes!(terminate))
+        .routes(routes!(certificate))
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
@@ -129,16 +130,27 @@ async fn find(
     .ok_or(ApiError::NotFound("hosting account"))
 }
 
-/// One hosting account of the tenant.
+/// One hosting account of the tenant, with its HTTPS certificate's state.
 #[utoipa::path(get, path = "/accounts/{id}", tag = "hosting", operation_id = "getHostingAccount", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The hosting account's id")),
-    responses((status = 200, description = "The hosting account", body = HostingAccount), Errors))]
+    responses((status = 200, description = "The hosting account", body = HostingAccountDetail), Errors))]
 async fn detail(
     State(state): State<AppState>,
     user: Require<perm::HostingRead>,
     IdPath(id): IdPath,
-) -> ApiResult<Json<HostingAccount>> {
-    Ok(Json(find(&state.db, user.tenant_id, id, false).await?))
+) -> ApiResult<Json<HostingAccountDetail>> {
+    let account = find(&state.db, user.tenant_id, id, false).await?;
+    let ssl = super::tls::state_of(&state.db, id).await?;
+    Ok(Json(HostingAccountDetail { account, ssl }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostingAccountDetail {
+    #[serde(flatten)]
+    pub account: HostingAccount,
+    /// The site's HTTPS certificate; `null` when none was asked for.
+    pub ssl: Option<super::tls::SslState>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -285,7 +297,7 @@ async fn suspend(
     client: ClientMeta,
     IdPath(id): IdPath,
 ) -> ApiResult<(StatusCode, Json<HostingAccountAccepted>)> {
-    account_job(&state, &user, &client, id, JobType::SuspendAccount).await
+    account_job(&state, &user, &client, id, AccountJob::Suspend).await
 }
 
 /// Lifts a hosting account's suspension (UNSUSPEND_ACCOUNT job).
@@ -298,7 +310,7 @@ async fn unsuspend(
     client: ClientMeta,
     IdPath(id): IdPath,
 ) -> ApiResult<(StatusCode, Json<HostingAccountAccepted>)> {
-    account_job(&state, &user, &client, id, JobType::UnsuspendAccount).await
+    account_job(&state, &user, &client, id, AccountJob::Unsuspend).await
 }
 
 /// Terminates a hosting account (TERMINATE_ACCOUNT job).
@@ -311,7 +323,31 @@ async fn terminate(
     client: ClientMeta,
     IdPath(id): IdPath,
 ) -> ApiResult<(StatusCode, Json<HostingAccountAccepted>)> {
-    account_job(&state, &user, &client, id, JobType::TerminateAccount).await
+    account_job(&state, &user, &client, id, AccountJob::Terminate).await
+}
+
+/// Obtains a new HTTPS certificate for the site now (apex and www), through its web
+/// agent's ACME directory; the site keeps serving its current one until the new one is
+/// installed and verified. The result is the account's `ssl` (`GET /api/hosting/accounts/{id}`).
+#[utoipa::path(post, path = "/accounts/{id}/certificate", tag = "hosting", operation_id = "issueHostingCertificate", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The hosting account's id")),
+    responses((status = 202, description = "The job is queued", body = HostingAccountAccepted), Errors))]
+async fn certificate(
+    State(state): State<AppState>,
+    user: Require<perm::HostingCertificates>,
+    client: ClientMeta,
+    IdPath(id): IdPath,
+) -> ApiResult<(StatusCode, Json<HostingAccountAccepted>)> {
+    account_job(&state, &user, &client, id, AccountJob::Certificate).await
+}
+
+/// What an account route queues.
+#[derive(Clone, Copy)]
+enum AccountJob {
+    Suspend,
+    Unsuspend,
+    Terminate,
+    Certificate,
 }
 
 /// Queues an account job: refused for a terminated account, or while another action on the
@@ -321,7 +357,7 @@ async fn account_job(
     user: &crate::auth::current::CurrentUser,
     client: &ClientMeta,
     id: Uuid,
-    kind: JobType,
+    kind: AccountJob,
 ) -> ApiResult<(StatusCode, Json<HostingAccountAccepted>)> {
     let mut tx = state.db.begin().await?;
     let account = find(&mut *tx, user.tenant_id, id, true).await?;
@@ -356,9 +392,19 @@ async fn account_job(
         requested_by: user.id,
     };
     let (payload, action): (JobPayload, _) = match kind {
-        JobType::SuspendAccount => (job::SuspendSite(site).into(), "hosting.suspend"),
-        JobType::UnsuspendAccount => (job::UnsuspendSite(site).into(), "hosting.unsuspend"),
-        _ => (job::TerminateSite(site).into(), "hosting.terminate"),
+        AccountJob::Suspend => (job::SuspendSite(site).into(), "hosting.suspend"),
+        AccountJob::Unsuspend => (job::UnsuspendSite(site).into(), "hosting.unsuspend"),
+        AccountJob::Terminate => (job::TerminateSite(site).into(), "hosting.terminate"),
+        AccountJob::Certificate => (
+            super::tls::IssueSiteCertificate {
+                hosting_account_id: site.hosting_account_id,
+                domain: site.domain,
+                domain_id: site.domain_id,
+                requested_by: site.requested_by,
+            }
+            .into(),
+            "hosting.certificate",
+        ),
     };
     let details = json!({ "hostingAccountId": id, "domain": account.domain });
     let job = queue_job(&mut tx, state, user, client, payload, action, details).await?;

@@ -29,6 +29,8 @@ pub struct Hosting {
     pub system_user: String,
     pub home_dir: String,
     pub php_version: Option<String>,
+    /// The site is served over HTTPS with a certificate of ours.
+    pub https: bool,
 }
 
 /// A stashed secret for the e-mail; `secret` is `None` when it no longer opens.
@@ -67,6 +69,10 @@ pub fn welcome(w: &Welcome) -> (String, Zeroizing<String>) {
 
     if let Some(h) = &w.hosting {
         let _ = writeln!(b, "\nWebsite");
+        if let Some(domain) = &w.domain {
+            let scheme = if h.https { "https" } else { "http" };
+            let _ = writeln!(b, "  Address:      {scheme}://{}/", one_line(domain));
+        }
         let _ = writeln!(b, "  Server:       {} ({})", h.server_name, h.server_ip);
         let _ = writeln!(b, "  System user:  {}", h.system_user);
         let _ = writeln!(b, "  Home folder:  {}", h.home_dir);
@@ -190,6 +196,7 @@ mod tests {
                 system_user: "shopexample".into(),
                 home_dir: "/home/shopexample".into(),
                 php_version: Some("8.2".into()),
+                https: true,
             }),
             mailboxes: vec!["info@shop.example".into()],
             dns_zone: true,
@@ -218,6 +225,7 @@ mod tests {
             "Hello Ada Lovelace,",
             "Starter plan (Shared hosting)\nfor shop.example is set up",
             "srv1 (203.0.113.10)",
+            "Address:      https://shop.example/",
             "shopexample",
             "/home/shopexample",
             "PHP:          8.2",

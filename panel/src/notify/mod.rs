@@ -72,6 +72,8 @@ struct HostingFacts {
     system_user: String,
     home_dir: String,
     php_version: Option<String>,
+    /// The site serves a certificate of ours.
+    https: bool,
 }
 
 /// Queues the welcome e-mail of a fully provisioned order to its customer — what was set up
@@ -109,7 +111,10 @@ pub async fn queue_welcome(
         Some(domain_id) => {
             let hosting: Option<HostingFacts> = sqlx::query_as(
                 "SELECT s.name AS server_name, s.ip_address AS server_ip, h.system_user,
-                        h.home_dir, h.php_version
+                        h.home_dir, h.php_version,
+                        EXISTS (SELECT 1 FROM site_certificates c
+                                 WHERE c.hosting_account_id = h.id AND c.status = 'ACTIVE')
+                            AS https
                    FROM hosting_accounts h JOIN servers s ON s.id = h.server_id
                   WHERE h.domain_id = $1",
             )
@@ -173,6 +178,7 @@ pub async fn queue_welcome(
             system_user: h.system_user,
             home_dir: h.home_dir,
             php_version: h.php_version,
+            https: h.https,
         }),
         mailboxes,
         dns_zone,

@@ -14,7 +14,7 @@ use crate::{
     catalog::limits::PlanLimits,
     dns::job::ProvisionOrderZone,
     domains,
-    hosting::job::ProvisionOrderSite,
+    hosting::{job::ProvisionOrderSite, tls::ProvisionOrderCertificate},
     jobs::{
         dispatcher::DispatchError,
         payload::{JobPayload, JobRefs, SharedPayload},
@@ -32,6 +32,8 @@ pub enum OrderStep {
     Site,
     Mailbox,
     Vps,
+    /// The site's HTTPS certificate.
+    Certificate,
 }
 
 impl OrderStep {
@@ -44,6 +46,9 @@ impl OrderStep {
                 steps.push(OrderStep::Site);
                 if limits.includes_mail() {
                     steps.push(OrderStep::Mailbox);
+                }
+                if limits.includes_ssl() {
+                    steps.push(OrderStep::Certificate);
                 }
             }
             ProductType::Email => {
@@ -64,10 +69,12 @@ impl OrderStep {
     }
 
     /// The step of the same order this one waits for: the zone of a hosting order points its
-    /// apex at the web server the site step chooses.
+    /// apex at the web server the site step chooses, and the certificate's challenge is
+    /// fetched through that zone.
     pub fn runs_after(self) -> Option<OrderStep> {
         match self {
             OrderStep::Zone => Some(OrderStep::Site),
+            OrderStep::Certificate => Some(OrderStep::Zone),
             _ => None,
         }
     }
@@ -78,6 +85,7 @@ impl OrderStep {
             OrderStep::Site => ProvisionOrderSite(order).into(),
             OrderStep::Mailbox => ProvisionOrderMailbox(order).into(),
             OrderStep::Vps => ProvisionOrderVps(order).into(),
+            OrderStep::Certificate => ProvisionOrderCertificate(order).into(),
         }
     }
 
@@ -87,6 +95,7 @@ impl OrderStep {
             OrderStep::Site => JobType::ProvisionHosting,
             OrderStep::Mailbox => JobType::ProvisionMail,
             OrderStep::Vps => JobType::ProvisionVps,
+            OrderStep::Certificate => JobType::ProvisionHosting,
         }
     }
 }
@@ -165,5 +174,39 @@ impl OrderJob {
         // ... and its customer hears of it (queue_welcome deduplicates), also when the order
         // reused a domain that was already live.
         notify::queue_welcome(tx, &state.sealer, &state.config, self.order_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hosting_plan_with_ssl_gets_its_certificate_after_its_zone() {
+        let ssl = PlanLimits {
+            ssl: Some(true),
+            emails: Some(1),
+            ..PlanLimits::default()
+        };
+        let steps = OrderStep::for_product(ProductType::SharedHosting, &ssl, true);
+        assert_eq!(
+            steps,
+            [
+                OrderStep::Zone,
+                OrderStep::Site,
+                OrderStep::Mailbox,
+                OrderStep::Certificate
+            ]
+        );
+        assert_eq!(OrderStep::Certificate.runs_after(), Some(OrderStep::Zone));
+        assert_eq!(OrderStep::Certificate.job_type(), JobType::ProvisionHosting);
+        let plain =
+            OrderStep::for_product(ProductType::SharedHosting, &PlanLimits::default(), true);
+        assert!(!plain.contains(&OrderStep::Certificate));
+        let mail = OrderStep::for_product(ProductType::Email, &ssl, true);
+        assert!(
+            !mail.contains(&OrderStep::Certificate),
+            "no site, no certificate"
+        );
     }
 }

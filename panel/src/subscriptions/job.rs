@@ -115,6 +115,20 @@ async fn converge(
     if !current(state).await? {
         return superseded(steps);
     }
+    // A resource still being provisioned would come up in its old state after this job.
+    let provisioning: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM jobs j JOIN subscriptions s ON s.order_id = j.order_id
+                         WHERE s.id = $1 AND j.status IN ('PENDING', 'RUNNING'))",
+    )
+    .bind(change.subscription_id)
+    .fetch_one(&state.db)
+    .await
+    .map_err(db_error)?;
+    if provisioning {
+        return Err(DispatchError::Retryable(
+            "the subscription's order is still being provisioned".into(),
+        ));
+    }
     let Some(domain_id) = change.domain_id else {
         return Ok(
             json!({ "subscriptionId": change.subscription_id, "version": change.version,
