@@ -115,6 +115,9 @@ impl Pebble {
             // Validate at once, and no deliberately rejected nonces: the test is about us.
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
+            // Every order validates afresh: pebble reuses half of the valid authorizations by
+            // default, which would let a broken challenge pass.
+            .env("PEBBLE_AUTHZREUSE", "0")
             .stdout(log("pebble.log"))
             .stderr(log("pebble.err"))
             .spawn()
