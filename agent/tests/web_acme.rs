@@ -501,9 +501,20 @@ async fn a_site_gets_a_certificate_that_is_served_kept_renewed_on_demand_and_rem
             errors
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // Requests run before, during and after the renewal: a few answered on each side.
+    let answered = || ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
+    wait_until(
+        "requests before the renewal",
+        Duration::from_secs(30),
+        || answered() >= 4,
+    );
     let forced: IssueCertificateOutput = run(&sb, issue(domain, true)).await.unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let at_renewal = answered();
+    wait_until(
+        "requests after the renewal",
+        Duration::from_secs(30),
+        || answered() >= at_renewal + 4,
+    );
     stop.store(true, Ordering::Relaxed);
     let errors = client.join().unwrap();
     assert!(forced.changed);
