@@ -13,23 +13,19 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command as Process, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use mpanel_agent::{config::AgentConfig, executors::execute};
 use mpanel_protocol::{
     DomainName, PhpVersion, SystemUser,
-    messages::{AgentCommand, Command, Outcome},
+    messages::{AgentCommand, AgentMessage, Command, Outcome},
     web::{
         CreateSite, IssueCertificate, IssueCertificateOutput, SetSiteSuspended, TerminateSite,
         TerminateSiteOutput,
     },
 };
-use mpanel_tests::pebble::Pebble;
+use mpanel_tests::{pebble::Pebble, request_loop::RequestLoop};
 
 const NGINX: &str = "/usr/sbin/nginx";
 
@@ -438,93 +434,17 @@ async fn a_site_gets_a_certificate_that_is_served_kept_renewed_on_demand_and_rem
     assert_eq!(again.renew_at, out.renew_at);
 
     // Forced: a new serial, and requests all along see no error.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let client = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        let (root, https_port) = (root.clone(), sb.https_port);
-        std::thread::spawn(move || {
-            let get = |http: &str| {
-                Process::new("curl")
-                    .args([
-                        "-sv",
-                        "-o",
-                        "/dev/null",
-                        "-w",
-                        "%{http_code}",
-                        "--max-time",
-                        "5",
-                    ])
-                    .arg(http)
-                    .arg("--cacert")
-                    .arg(&root)
-                    .arg("--resolve")
-                    .arg(format!("{domain}:{https_port}:127.0.0.1"))
-                    .arg(format!("https://{domain}:{https_port}/"))
-                    .output()
-                    .unwrap()
-            };
-            let mut errors = Vec::new();
-            // HTTP/1.1 and HTTP/2 in turn. A reloading nginx sends a connection it accepted
-            // but whose request it has not read a GOAWAY saying so (last stream 0): RFC 9113
-            // §8.7 calls that request unprocessed and safe to retry, and browsers retry it
-            // without showing anything; curl does not, so this client does, once. Any other
-            // failure counts.
-            for http in ["--http1.1", "--http2"].into_iter().cycle() {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let mut out = get(http);
-                if out.status.code() == Some(16)
-                    && String::from_utf8_lossy(&out.stderr)
-                        .contains("GOAWAY, error=0, last_stream=0")
-                {
-                    out = get(http);
-                }
-                if out.status.success() && out.stdout == b"200" {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    errors.push(format!(
-                        "{http}: {} {:?} {}",
-                        out.status,
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                            .lines()
-                            .rev()
-                            .take(3)
-                            .collect::<Vec<_>>()
-                            .join(" | ")
-                    ));
-                }
-            }
-            errors
-        })
-    };
+    let requests = RequestLoop::start(domain, sb.https_port, &root);
     // Requests run before, during and after the renewal: a few answered on each side.
-    let answered = || ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
-    wait_until(
-        "requests before the renewal",
-        Duration::from_secs(30),
-        || answered() >= 4,
-    );
+    requests.wait_more("requests before the renewal", 4).await;
     let forced: IssueCertificateOutput = run(&sb, issue(domain, true)).await.unwrap();
-    let at_renewal = answered();
-    wait_until(
-        "requests after the renewal",
-        Duration::from_secs(30),
-        || answered() >= at_renewal + 4,
-    );
-    stop.store(true, Ordering::Relaxed);
-    let errors = client.join().unwrap();
+    requests.wait_more("requests after the renewal", 4).await;
+    let (ok, errors) = requests.stop();
     assert!(forced.changed);
     assert_ne!(forced.serial, out.serial);
     assert_eq!(sb.served_serial(domain), forced.serial);
-    assert!(
-        ok.load(Ordering::Relaxed) >= 3,
-        "too few requests to mean anything"
-    );
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "{errors:?}");
+    assert!(ok >= 3, "too few requests to mean anything");
+    assert!(errors.is_empty(), "{errors:?}");
 
     // Suspended: the suspended page on both ports; the challenge still answers on HTTP.
     run(&sb, suspend(domain, true)).await.unwrap();
@@ -639,9 +559,11 @@ async fn the_renewal_task_renews_at_two_thirds_of_the_lifetime() {
     assert!(first.renew_at > chrono::Utc::now());
 
     let shutdown = tokio_util::sync::CancellationToken::new();
+    let (reports, mut reported) = tokio::sync::mpsc::channel(8);
     let task = tokio::spawn(mpanel_agent::roles::web::renew_certificates(
         sb.config.web.clone(),
         sb.config.state_dir.clone(),
+        reports,
         shutdown.clone(),
     ));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -663,6 +585,41 @@ async fn the_renewal_task_renews_at_two_thirds_of_the_lifetime() {
     assert_eq!(sb.served_serial(domain), serial);
     let root = pebble.root();
     assert_eq!(sb.https(domain, &root).unwrap().0, 200);
+
+    // The panel is sent what became of it, and until it was, the state says so.
+    let status = match reported.recv().await {
+        Some(AgentMessage::CertificateStatus(s)) => s,
+        other => panic!("expected a certificate status, got {other:?}"),
+    };
+    assert_eq!(status.domain.as_str(), domain);
+    assert_eq!(status.serial.as_str(), serial);
+    assert_eq!(status.failures, 0);
+    assert!(status.last_error.is_none());
+    assert!(
+        status.issuer.as_str().to_lowercase().contains("pebble"),
+        "{status:?}"
+    );
+    let waiting = mpanel_agent::roles::web::unreported(&sb.config.web);
+    assert_eq!(waiting, std::slice::from_ref(&status), "not reported yet");
+    mpanel_agent::roles::web::mark_reported(&sb.config.web, &status).await;
+    assert!(mpanel_agent::roles::web::unreported(&sb.config.web).is_empty());
+
+    // A renewal that fails is reported with its reason and when it is tried again.
+    pebble.point(domain, "127.0.0.2");
+    pebble.point(&format!("www.{domain}"), "127.0.0.2");
+    let failed = match tokio::time::timeout(Duration::from_secs(60), reported.recv()).await {
+        Ok(Some(AgentMessage::CertificateStatus(s))) => s,
+        other => panic!("expected a certificate status, got {other:?}"),
+    };
+    assert_eq!(
+        failed.serial.as_str(),
+        serial,
+        "the old one is still served"
+    );
+    assert_eq!(failed.failures, 1);
+    let error = failed.last_error.as_ref().unwrap().as_str().to_owned();
+    assert!(error.contains("acme_challenge_failed"), "{error}");
+    assert!(failed.next_attempt_at > failed.recorded_at, "{failed:?}");
     shutdown.cancel();
     task.await.unwrap();
 }

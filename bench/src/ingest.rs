@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, bail, ensure};
 use mpanel_tests::{
     panel::INTERNAL_KEY,
-    selling::{hosting_offer, order_body},
+    selling::{hosting_offer_ssl, order_body},
 };
 use serde_json::{Value, json};
 
@@ -37,6 +37,10 @@ pub struct Args {
     /// How long pgbench runs (`-T`).
     #[arg(long, default_value_t = 10)]
     pgbench_secs: u64,
+    /// A setting for the panel, `NAME=VALUE` (repeatable), e.g. `RUN_WORKER=false` to take
+    /// the worker out of the measure.
+    #[arg(long = "panel-env", value_parser = crate::order_live::name_value)]
+    panel_env: Vec<(String, String)>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
@@ -47,12 +51,16 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let mut report = Report::new(
         "ingest",
         json!({ "orders": args.orders, "concurrency": args.concurrency,
-                "pgbenchSecs": args.pgbench_secs }),
+                "pgbenchSecs": args.pgbench_secs,
+                "panelEnv": args.panel_env.iter()
+                    .map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>() }),
     );
     setup::note_binaries(&mut report);
 
-    let mut panel = Panel::start(&[("JOB_DISPATCHER", "simulate")]).await;
-    let offer = hosting_offer(&panel.app, &panel.admin, 1).await;
+    let mut env = vec![("JOB_DISPATCHER", "simulate")];
+    env.extend(args.panel_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let mut panel = Panel::start(&env).await;
+    let offer = hosting_offer_ssl(&panel.app, &panel.admin, 1, false).await;
     let placed = place(&panel, offer.plan_slug(), &args).await;
     // pgbench gets the database to itself: the panel's worker would otherwise be draining
     // the orders' jobs during its run.

@@ -15,7 +15,7 @@ use mpanel_tests::{
     fleet::hub_addr,
     panel::INTERNAL_KEY,
     replica::Fleet3,
-    selling::{hosting_offer, order_body},
+    selling::{hosting_offer_ssl, order_body},
 };
 use serde_json::{Value, json};
 use tokio::{
@@ -72,7 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let panel = Panel::start(&[("DNS_HOSTMASTER", "hostmaster@example.test")]).await;
     let hub = hub_addr(&panel.app).await;
     let mut fleet = Fleet3::start(&panel.app, &panel.admin, [&[hub], &[hub], &[hub]]).await;
-    let offer = hosting_offer(&panel.app, &panel.admin, 1).await;
+    let offer = hosting_offer_ssl(&panel.app, &panel.admin, 1, false).await;
     let mut outcome = Ok(());
     for &n in &args.orders {
         match burst(&panel, &fleet, offer.plan_slug(), n, &args).await {

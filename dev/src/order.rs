@@ -6,7 +6,7 @@ use anyhow::bail;
 use mpanel_tests::{
     TestApp,
     api::{authed, login},
-    selling::{Key, hosting_offer, post_order_with},
+    selling::{Key, hosting_offer_ssl, post_order_with},
 };
 use serde_json::json;
 
@@ -68,7 +68,7 @@ pub async fn place(app: &TestApp, admin: &str, internal_key: &str) -> anyhow::Re
         "lifecycle policy: suspended {GRACE_SECS} s after a failed payment, terminated 600 s \
          after a cancellation (PUT /api/subscriptions/policy)"
     );
-    let offer = hosting_offer(app, admin, 1).await;
+    let offer = hosting_offer_ssl(app, admin, 1, false).await;
     println!(
         "catalog: product {} (SHARED_HOSTING), plan {} at 1.49 usd a month with 1 mailbox",
         offer.product["slug"].as_str().unwrap_or("?"),

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | queue sweeper (push due jobs, recover lost leases) | everywhere | row locks `FOR UPDATE SKIP LOCKED`; a job pushed twice still runs once (the claim decides) |
 //! | subscription lifecycle dates (period end, warning, suspension, termination) | everywhere | `FOR UPDATE SKIP LOCKED` batches; each step moves the date that selected it in the same transaction |
+//! | site certificates expiring unrenewed (e-mail to the tenant's admins) | everywhere | `FOR UPDATE SKIP LOCKED` batches; the serial warned of is kept in the same transaction |
 //! | e-mail outbox | everywhere | one row lock per message, held until its outcome is recorded |
 //! | fleet notifications ([`router`]) | everywhere | each process acts only for the agents it holds and the commands it waits for |
 //!
@@ -15,12 +16,15 @@
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{app::AppState, fleet::router, jobs::sweeper, notify, subscriptions::expiry};
+use crate::{
+    app::AppState, fleet::router, hosting::tls, jobs::sweeper, notify, subscriptions::expiry,
+};
 
 /// Starts the duties on `tracker`; they stop when `shutdown` is cancelled.
 pub fn spawn(tracker: &TaskTracker, state: &AppState, shutdown: &CancellationToken) {
     tracker.spawn(sweeper::run(state.clone(), shutdown.clone()));
     tracker.spawn(expiry::run(state.clone(), shutdown.clone()));
+    tracker.spawn(tls::expiry::run(state.clone(), shutdown.clone()));
     tracker.spawn(notify::run_outbox(state.clone(), shutdown.clone()));
     // Not a duty but as needed in every process: commands to and from agents held elsewhere.
     tracker.spawn(router::run(state.clone(), shutdown.clone()));

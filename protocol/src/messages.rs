@@ -39,7 +39,15 @@ use crate::web::{CreateSite, IssueCertificate, SetSiteSuspended, TerminateSite};
 /// The version of this protocol. Bump it when a change is not backwards compatible (a new
 /// required field, a changed meaning); a new message or command type that an older peer
 /// would refuse also needs a bump, or a capability announced in [`Hello`].
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// - 1: the first wave.
+/// - 2: [`AgentMessage::CertificateStatus`]. An agent sends it only to a panel whose
+///   [`Welcome`] says 2 or more; a panel speaks to agents of 1 and 2 (upgrade the panel
+///   first).
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest agent protocol a panel of this version still speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// The largest message either side accepts, in bytes of JSON text. Large enough for a
 /// metrics report of a big server or a command's error output, small enough that a peer
@@ -422,6 +430,8 @@ pub enum AgentMessage {
     RenewCertificate {
         csr_pem: PemText,
     },
+    /// A site certificate's renewal state (protocol 2; web role).
+    CertificateStatus(crate::web::CertificateStatus),
 }
 
 impl AgentMessage {
@@ -588,6 +598,7 @@ impl PanelMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Welcome {
+    /// The version this connection speaks: the agent's, when the panel speaks it.
     pub protocol_version: u16,
     /// Read from the agent's certificate, echoed so the agent can log who it is.
     pub agent_id: Uuid,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     DomainName, PhpVersion, SystemUser,
-    messages::{AgentCommand, Role},
+    messages::{AgentCommand, Label, Role, Text},
 };
 
 /// Makes the site exist and serve: the Linux user and its home, the document root (with a
@@ -178,4 +178,29 @@ impl AgentCommand for IssueCertificate {
     fn required_role(&self) -> Option<Role> {
         Some(Role::Web)
     }
+}
+
+/// What a web agent tells the panel, unasked, of one site certificate it renews on its own
+/// (`AgentMessage::CertificateStatus`, protocol 2): after every renewal attempt, and at
+/// connect for each certificate whose latest state the panel has not been sent yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertificateStatus {
+    pub domain: DomainName,
+    /// The issuer of the certificate served, as in the certificate.
+    pub issuer: Text<1024>,
+    /// The serial of the certificate served, lowercase hex.
+    pub serial: Label<64>,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+    pub renew_at: DateTime<Utc>,
+    /// Renewals that failed in a row (0: none since the certificate was obtained).
+    pub failures: u32,
+    /// The last failure's code and message, while `failures > 0`.
+    pub last_error: Option<Text<2048>>,
+    /// When the agent tries next.
+    pub next_attempt_at: DateTime<Utc>,
+    /// When the agent recorded this state (its clock): an older status never replaces a
+    /// newer one.
+    pub recorded_at: DateTime<Utc>,
 }

@@ -10,6 +10,7 @@ use mpanel_protocol::messages::{
     PROTOCOL_VERSION, PanelMessage, Percent, Ping, Pong, ProtocolError, Role, ServiceState, Text,
     Welcome,
 };
+use mpanel_protocol::{DomainName, web::CertificateStatus};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -83,7 +84,56 @@ fn every_agent_message() -> Vec<AgentMessage> {
             )
             .unwrap(),
         },
+        AgentMessage::CertificateStatus(certificate_status()),
     ]
+}
+
+fn certificate_status() -> CertificateStatus {
+    CertificateStatus {
+        domain: DomainName::parse("shop.example").unwrap(),
+        issuer: Text::parse("CN=Pebble Intermediate CA 2f1b3c").unwrap(),
+        serial: Label::parse("4f2a9c").unwrap(),
+        not_before: at(),
+        not_after: at() + chrono::TimeDelta::days(90),
+        renew_at: at() + chrono::TimeDelta::days(60),
+        failures: 2,
+        last_error: Some(
+            Text::parse("acme_challenge_failed: www.shop.example: connection refused").unwrap(),
+        ),
+        next_attempt_at: at() + chrono::TimeDelta::days(61),
+        recorded_at: at() + chrono::TimeDelta::days(60),
+    }
+}
+
+#[test]
+fn a_certificate_status_has_its_wire_shape_and_bounds() {
+    let v: Value = serde_json::from_str(
+        &AgentMessage::CertificateStatus(certificate_status())
+            .encode()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(v["type"], "certificate_status");
+    assert_eq!(v["domain"], "shop.example");
+    assert_eq!(v["serial"], "4f2a9c");
+    assert_eq!(v["failures"], 2);
+    assert_eq!(v["notAfter"], "2027-02-22T12:30:05Z");
+    assert_eq!(v["nextAttemptAt"], "2027-01-24T12:30:05Z");
+    // What an agent may make the panel store is bounded, and the domain is a domain.
+    for (field, bad) in [
+        ("domain", json!("../etc")),
+        ("serial", json!("x".repeat(65))),
+        ("issuer", json!("x".repeat(1025))),
+        ("lastError", json!("x".repeat(2049))),
+        ("failures", json!(-1)),
+    ] {
+        let mut wrong = v.clone();
+        wrong[field] = bad;
+        assert!(
+            AgentMessage::decode(&wrong.to_string()).is_err(),
+            "{field} refused"
+        );
+    }
 }
 
 fn every_panel_message() -> Vec<PanelMessage> {
@@ -137,7 +187,7 @@ fn wire_shape_is_tagged_by_type_with_camel_case_fields() {
         v,
         json!({
             "type": "hello",
-            "protocolVersion": 1,
+            "protocolVersion": 2,
             "agentVersion": "0.1.0",
             "hostname": "srv1-web",
             "roles": ["web", "backup"],

@@ -10,6 +10,7 @@ pub mod pdns;
 pub mod pebble;
 pub mod proxy;
 pub mod replica;
+pub mod request_loop;
 pub mod selling;
 pub mod smtp;
 pub mod web;

@@ -22,6 +22,7 @@ use crate::{
     fleet::{AgentProc, add_server, enrollment_token},
     panel::{self, wait_for},
     pdns::{API_KEY, Pdns},
+    pebble::Pebble,
     web::WebSandbox,
 };
 
@@ -142,6 +143,9 @@ impl Replica {
 pub struct Fleet3 {
     pub pdns: Pdns,
     pub web: WebSandbox,
+    /// The ACME server the web agent gets its sites' certificates from, when the fleet
+    /// started its own ([`Fleet3::start`]).
+    pub pebble: Option<Pebble>,
     pub mail_dir: tempfile::TempDir,
     /// web, dns, mail — in that order.
     pub ids: [String; 3],
@@ -150,11 +154,16 @@ pub struct Fleet3 {
 
 impl Fleet3 {
     /// Adds the servers through `app`'s API and enrolls an agent for each; `hubs[i]` are the
-    /// hubs agent `i` (web, dns, mail) may dial. The agents are started.
+    /// hubs agent `i` (web, dns, mail) may dial. The agents are started. The web agent gets
+    /// its certificates from a pebble of the fleet's own (every name resolving to the web
+    /// sandbox), as every shared-hosting plan includes HTTPS by default.
     pub async fn start(app: &TestApp, admin: &str, hubs: [&[SocketAddr]; 3]) -> Fleet3 {
         let web = WebSandbox::start();
-        let web_toml = web.agent_toml();
-        Fleet3::start_with_web(app, admin, hubs, web, &web_toml).await
+        let pebble = Pebble::start(web.port, 3600);
+        let web_toml = web.agent_toml_acme(&pebble.directory(), &pebble.tls_ca());
+        let mut fleet = Fleet3::start_with_web(app, admin, hubs, web, &web_toml).await;
+        fleet.pebble = Some(pebble);
+        fleet
     }
 
     /// [`Fleet3::start`] over a web sandbox already started, its agent's `[web]` section
@@ -201,12 +210,23 @@ impl Fleet3 {
         let fleet = Fleet3 {
             pdns,
             web,
+            pebble: None,
             mail_dir,
             ids,
             agents,
         };
         fleet.wait_online(app, admin).await;
         fleet
+    }
+
+    /// Waits until `host` answers `status` over HTTPS with a chain to the fleet's pebble (on
+    /// port 80 a site with a certificate only redirects); its body.
+    pub fn wait_https(&self, host: &str, status: u16) -> String {
+        let pebble = self.pebble.as_ref();
+        let root = pebble
+            .expect("a fleet with its own pebble (Fleet3::start)")
+            .root();
+        self.web.wait_for_https(host, &root, status)
     }
 
     /// Waits until the three servers are online (as the API says).

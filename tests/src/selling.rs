@@ -83,11 +83,24 @@ impl Offer {
 }
 
 /// A SHARED_HOSTING product with a MONTHLY plan (149 usd) including `emails` mailboxes,
-/// made as `token` (a SUPER_ADMIN or ADMIN).
+/// made as `token` (a SUPER_ADMIN or ADMIN). Its `ssl` is left to the panel's default
+/// (HTTPS for every shared-hosting plan): a fleet that runs its jobs for real needs an ACME
+/// directory (`pebble`), or use [`hosting_offer_ssl`].
 pub async fn hosting_offer(app: &TestApp, token: &str, emails: u32) -> Offer {
-    let product = create_product(app, token, "SHARED_HOSTING").await;
     let limits = json!({ "diskGb": 10, "bandwidthGb": 100, "sites": 1, "emails": emails,
                          "phpVersion": "8.2" });
+    hosting_offer_with(app, token, limits).await
+}
+
+/// [`hosting_offer`] whose plan says whether its sites get HTTPS.
+pub async fn hosting_offer_ssl(app: &TestApp, token: &str, emails: u32, ssl: bool) -> Offer {
+    let limits = json!({ "diskGb": 10, "bandwidthGb": 100, "sites": 1, "emails": emails,
+                         "phpVersion": "8.2", "ssl": ssl });
+    hosting_offer_with(app, token, limits).await
+}
+
+async fn hosting_offer_with(app: &TestApp, token: &str, limits: Value) -> Offer {
+    let product = create_product(app, token, "SHARED_HOSTING").await;
     let body = plan_body(product["id"].as_str().unwrap(), &unique("starter"), limits);
     let plan = create_plan(app, token, &body).await;
     Offer { product, plan }

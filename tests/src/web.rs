@@ -153,6 +153,25 @@ impl WebSandbox {
         Ok((code.parse().map_err(|_| "no status")?, body.to_owned()))
     }
 
+    /// Waits until `host` answers `status` over HTTPS with a chain to `root` (a site with a
+    /// certificate only redirects on port 80); its body.
+    pub fn wait_for_https(&self, host: &str, root: &Path, status: u16) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.get_https(host, root);
+            if let Ok((s, body)) = &got
+                && *s == status
+            {
+                return body.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host} never answered {status} over HTTPS; last: {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }

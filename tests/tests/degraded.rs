@@ -11,7 +11,7 @@ use mpanel_tests::{
     TestApp, TestDb,
     api::{self, PASSWORD, authed},
     proxy::Proxy,
-    selling::{self, JobRow, OwnRedis, hosting_offer, order_body, place_order, send, str_of},
+    selling::{self, JobRow, OwnRedis, hosting_offer_ssl, order_body, place_order, send, str_of},
     wait_for,
 };
 use serde_json::Value;
@@ -143,7 +143,7 @@ async fn jobs_lost_with_redis_run_as_soon_as_it_is_back_and_health_stays_up() {
     .await;
     let org = api::org_with_roles(&app, "home", &["SUPER_ADMIN"]).await;
     let pool = app.db.pool().await;
-    let offer = hosting_offer(&app, org.super_admin().token(), 5).await;
+    let offer = hosting_offer_ssl(&app, org.super_admin().token(), 5, false).await;
     let mut orders = Vec::new();
     for _ in 0..2 {
         let placed = place_order(&app, &order_body("home", offer.plan_slug())).await;

@@ -90,7 +90,7 @@ impl Setup {
             wait_job_status(&app, &admin, job["id"].as_str().unwrap(), "SUCCESS").await;
         }
         let subscription = placed["subscriptionId"].as_str().unwrap().to_owned();
-        fleet.web.wait_for(domain, Some(200));
+        fleet.wait_https(domain, 200);
 
         let welcome = smtp.wait_for_messages(1, WAIT).await;
         let mailbox = format!("info@{domain}");
@@ -238,6 +238,8 @@ async fn a_failed_payment_suspends_after_the_grace_period_and_a_payment_brings_a
     // the zone still answers.
     let body = s.fleet.web.wait_for(&s.domain, Some(503));
     assert!(body.contains("suspended"), "{body}");
+    let body = s.fleet.wait_https(&s.domain, 503);
+    assert!(body.contains("suspended"), "on HTTPS too: {body}");
     let sub = s.wait_service("SUSPENDED").await;
     assert_eq!(sub["service"]["reason"], "NON_PAYMENT", "{sub}");
     assert_eq!(
@@ -280,7 +282,7 @@ async fn a_failed_payment_suspends_after_the_grace_period_and_a_payment_brings_a
     let ack = s.deliver(&paid).await;
     assert_eq!(ack["subscription"]["outcome"], "applied", "{ack}");
     assert_eq!(ack["subscription"]["status"], "ACTIVE", "{ack}");
-    s.fleet.web.wait_for(&s.domain, Some(200));
+    s.fleet.wait_https(&s.domain, 200);
     let sub = s.wait_service("ACTIVE").await;
     assert_eq!(sub["status"], "ACTIVE");
     assert!(sub["suspendAt"].is_null(), "{sub}");
@@ -436,7 +438,7 @@ async fn an_agent_offline_during_a_suspension_gets_it_when_it_returns() {
         .expect(200);
     assert_eq!(sub["status"], "ACTIVE", "{sub}");
     assert!(sub["terminateAt"].is_null(), "{sub}");
-    s.fleet.web.wait_for(&s.domain, Some(200));
+    s.fleet.wait_https(&s.domain, 200);
     s.wait_service("ACTIVE").await;
     s.wait_imap(true).await;
     assert_eq!(s.emails("SUSPENDED").await.len(), 1);

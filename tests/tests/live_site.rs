@@ -1,6 +1,7 @@
 //! From a paid order to a live site, end to end: the panel and three real agents (web, dns,
 //! mail). `POST /api/orders` for a hosting plan with a mailbox → the site is placed on the web
-//! server and served by a real nginx, the zone is served by a real PowerDNS (`dig`), the
+//! server and served by a real nginx over HTTPS with a certificate from a real ACME server
+//! (pebble), the zone is served by a real PowerDNS (`dig`), the
 //! mailbox is in the Postfix maps (built by the real postmap) and the Dovecot passwd-file,
 //! every job SUCCEEDs, the domain is ACTIVE and the audit log tells the story. Then the
 //! account is suspended, unsuspended and terminated through the admin API.
@@ -13,6 +14,7 @@ use mpanel_tests::{
     fleet::{AgentProc, add_server, enrollment_token, hub_addr, wait_job_status},
     panel::INTERNAL_KEY,
     pdns::{API_KEY, Pdns},
+    pebble::Pebble,
     selling::hosting_offer,
     smtp::SmtpSink,
     wait_for,
@@ -33,6 +35,8 @@ async fn account(app: &TestApp, token: &str, id: &str) -> Value {
 async fn a_paid_hosting_order_becomes_a_live_site_then_is_suspended_and_terminated() {
     let pdns = Pdns::start().await;
     let web = WebSandbox::start();
+    let pebble = Pebble::start(web.port, 3600);
+    let root = pebble.root();
     let mail_dir = tempfile::tempdir().unwrap();
     let smtp = SmtpSink::start().await;
     let smtp_port = smtp.port().to_string();
@@ -65,7 +69,10 @@ async fn a_paid_hosting_order_becomes_a_live_site_then_is_suspended_and_terminat
         (
             "srv1-web",
             &web_id,
-            format!("roles = [\"web\"]\n{}", web.agent_toml()),
+            format!(
+                "roles = [\"web\"]\n{}",
+                web.agent_toml_acme(&pebble.directory(), &pebble.tls_ca())
+            ),
         ),
         (
             "dns-core",
@@ -137,27 +144,32 @@ async fn a_paid_hosting_order_becomes_a_live_site_then_is_suspended_and_terminat
     let kinds: Vec<&str> = jobs.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
         kinds,
-        ["PROVISION_DNS", "PROVISION_HOSTING", "PROVISION_MAIL"],
-        "{placed}"
+        [
+            "PROVISION_DNS",
+            "PROVISION_HOSTING",
+            "PROVISION_MAIL",
+            "PROVISION_HOSTING"
+        ],
+        "zone, site, mailbox and the site's certificate: {placed}"
     );
+    // By payload kind: orderZone, orderSite, orderMailbox, orderCertificate.
     let mut results = std::collections::BTreeMap::new();
-    for (kind, id) in &jobs {
-        results.insert(
-            kind.clone(),
-            wait_job_status(&app, &admin, id, "SUCCESS").await,
-        );
+    for (_, id) in &jobs {
+        let done = wait_job_status(&app, &admin, id, "SUCCESS").await;
+        results.insert(done["payload"]["kind"].as_str().unwrap().to_owned(), done);
     }
     // The zone waited for the site (its apex points at the web server chosen there) instead
     // of failing until it was placed: every job ran once.
     for (kind, job) in &results {
         assert_eq!(job["attempts"], 1, "{kind}: {job}");
     }
-    assert_eq!(results["PROVISION_HOSTING"]["serverId"], web_id.as_str());
-    assert_eq!(results["PROVISION_DNS"]["serverId"], dns_id.as_str());
-    assert_eq!(results["PROVISION_MAIL"]["serverId"], mail_id.as_str());
+    assert_eq!(results["orderSite"]["serverId"], web_id.as_str());
+    assert_eq!(results["orderCertificate"]["serverId"], web_id.as_str());
+    assert_eq!(results["orderZone"]["serverId"], dns_id.as_str());
+    assert_eq!(results["orderMailbox"]["serverId"], mail_id.as_str());
 
     // The site: user, vhost nginx accepts, served by nginx.
-    let hosting = &results["PROVISION_HOSTING"]["result"];
+    let hosting = &results["orderSite"]["result"];
     let user = hosting["systemUser"].as_str().unwrap().to_owned();
     assert_eq!(user, "client-site_example");
     assert_eq!(hosting["homeDir"], "/home/client-site_example");
@@ -165,8 +177,12 @@ async fn a_paid_hosting_order_becomes_a_live_site_then_is_suspended_and_terminat
     let vhost = web.read("sites/client-site.example.conf");
     assert!(vhost.contains("server_name client-site.example www.client-site.example;"));
     assert!(web.nginx_config_ok(), "nginx -t accepts the vhost");
-    let body = web.wait_for("client-site.example", Some(200));
-    assert!(body.contains("client-site.example"), "{body}");
+    // Over HTTPS with a chain to pebble's root, for the apex and www; HTTP redirects there.
+    for host in ["client-site.example", "www.client-site.example"] {
+        let body = web.wait_for_https(host, &root, 200);
+        assert!(body.contains("client-site.example"), "{body}");
+    }
+    web.wait_for("client-site.example", Some(301));
 
     // The zone: served by PowerDNS, apex and www at the web server, MX at the mail server.
     assert_eq!(pdns.dig("client-site.example", "A"), ["192.0.2.80"]);
@@ -197,6 +213,10 @@ async fn a_paid_hosting_order_becomes_a_live_site_then_is_suspended_and_terminat
     assert_eq!(mails[0].rcpt_to, ["owner@client.example"]);
     let text = mails[0].text();
     assert!(text.contains("client-site.example"), "{text}");
+    assert!(
+        text.contains("https://client-site.example/"),
+        "the welcome e-mail gives the https address: {text}"
+    );
     let password = text
         .lines()
         .find_map(|l| {
@@ -266,7 +286,7 @@ async fn a_paid_hosting_order_becomes_a_live_site_then_is_suspended_and_terminat
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(succeeded, 3);
+    assert_eq!(succeeded, 4);
     // The clear password is nowhere in the panel's database.
     let leaked: i64 = sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM jobs WHERE payload::text LIKE '%' || $1 || '%'
@@ -296,6 +316,8 @@ async fn a_paid_hosting_order_becomes_a_live_site_then_is_suspended_and_terminat
     );
     let body = web.wait_for("client-site.example", Some(503));
     assert!(body.contains("suspended"), "{body}");
+    let body = web.wait_for_https("client-site.example", &root, 503);
+    assert!(body.contains("suspended"), "on HTTPS too: {body}");
     assert!(
         web.passwd_line(&user)
             .unwrap()
@@ -327,7 +349,7 @@ async fn a_paid_hosting_order_becomes_a_live_site_then_is_suspended_and_terminat
         .expect(202);
     wait_job_status(&app, &admin, reply["jobId"].as_str().unwrap(), "SUCCESS").await;
     assert_eq!(account(&app, &admin, &account_id).await["status"], "ACTIVE");
-    web.wait_for("client-site.example", Some(200));
+    web.wait_for_https("client-site.example", &root, 200);
     assert!(web.passwd_line(&user).unwrap().ends_with(":/bin/bash"));
 
     // Terminate: archived, then gone.
@@ -354,6 +376,10 @@ async fn a_paid_hosting_order_becomes_a_live_site_then_is_suspended_and_terminat
         "TERMINATED"
     );
     web.wait_for("client-site.example", None);
+    assert!(
+        !matches!(web.get_https("client-site.example", &root), Ok((200, _))),
+        "no certificate is served for a terminated site"
+    );
     assert!(web.passwd_line(&user).is_none());
     assert!(!web.path("sites/client-site.example.conf").exists());
     assert!(web.nginx_config_ok());

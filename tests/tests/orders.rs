@@ -12,8 +12,8 @@ use mpanel_tests::{
     panel::INTERNAL_KEY,
     selling::{
         self, INTERNAL, Key, count_with, create_plan, create_product, fresh_email, hosting_offer,
-        job_ids, order_body, place_order, plan_body, post_order, post_order_with, row_counts,
-        str_of,
+        hosting_offer_ssl, job_ids, order_body, place_order, plan_body, post_order,
+        post_order_with, row_counts, str_of,
     },
     wait_for,
 };
@@ -96,9 +96,13 @@ async fn an_order_creates_exactly_the_right_rows_once() {
         BTreeSet::from(["PROVISION_DNS", "PROVISION_HOSTING", "PROVISION_MAIL"]),
         "{placed}"
     );
-    assert_eq!(types.len(), 3, "{placed}");
+    assert_eq!(
+        types.len(),
+        4,
+        "zone, site, mailbox and (HTTPS by default) certificate: {placed}"
+    );
 
-    // Exactly: 1 customer, 1 order, 1 subscription, 1 domain, 3 jobs with a "created" log
+    // Exactly: 1 customer, 1 order, 1 subscription, 1 domain, 4 jobs with a "created" log
     // each, 1 audit row.
     let after = row_counts(&pool).await;
     assert_eq!(
@@ -110,8 +114,8 @@ async fn an_order_creates_exactly_the_right_rows_once() {
                 ("orders", 1),
                 ("subscriptions", 1),
                 ("domains", 1),
-                ("jobs", 3),
-                ("job_logs", 3),
+                ("jobs", 4),
+                ("job_logs", 4),
                 ("audit_logs", 1),
             ]
         )
@@ -218,7 +222,7 @@ async fn an_order_creates_exactly_the_right_rows_once() {
 
     // The same customer buys again (no mail this time): the customer is found, not made; two
     // jobs only.
-    let no_mail = hosting_offer(&app, &root, 0).await;
+    let no_mail = hosting_offer_ssl(&app, &root, 0, false).await;
     let after = row_counts(&pool).await;
     let mut second = order_body("home", no_mail.plan_slug());
     second["customer"]["email"] = json!("client.name@example.com");
@@ -233,7 +237,7 @@ async fn an_order_creates_exactly_the_right_rows_once() {
     assert_eq!(
         types,
         BTreeSet::from(["PROVISION_DNS", "PROVISION_HOSTING"]),
-        "no mail job when the plan has no mailboxes"
+        "no mail job when the plan has no mailboxes, no certificate when it says ssl: false"
     );
     assert_eq!(
         row_counts(&pool).await,
@@ -515,8 +519,8 @@ async fn fifty_concurrent_deliveries_make_one_order() {
                 ("orders", 1),
                 ("subscriptions", 1),
                 ("domains", 1),
-                ("jobs", 3),
-                ("job_logs", 3),
+                ("jobs", 4),
+                ("job_logs", 4),
                 ("audit_logs", 1),
             ]
         )

@@ -10,7 +10,7 @@ use mpanel_tests::{
     TestApp,
     api::{self, authed},
     selling::{
-        self, JobRow, OwnRedis, hosting_offer, job_ids, jobs_of_order, order_body, place_order,
+        self, JobRow, OwnRedis, hosting_offer_ssl, job_ids, jobs_of_order, order_body, place_order,
         sigterm, str_of, wait_jobs, wait_subscription,
     },
     wait_for,
@@ -52,7 +52,7 @@ async fn simulated_jobs_run_to_success_with_logs_and_audit() {
     let org = api::org_with_all_roles(&app, "home").await;
     let root = org.super_admin().token().to_owned();
     let pool = app.db.pool().await;
-    let offer = hosting_offer(&app, &root, 5).await;
+    let offer = hosting_offer_ssl(&app, &root, 5, false).await;
     let placed = place_order(&app, &order_body("home", offer.plan_slug())).await;
     let order_id = str_of(&placed, "orderId").to_owned();
 
@@ -140,7 +140,7 @@ async fn failing_jobs_back_off_then_fail_and_an_operator_retries_them() {
     let org = api::org_with_all_roles(&app, "home").await;
     let root = org.super_admin().token().to_owned();
     let pool = app.db.pool().await;
-    let offer = hosting_offer(&app, &root, 5).await;
+    let offer = hosting_offer_ssl(&app, &root, 5, false).await;
     let placed = place_order(&app, &order_body("home", offer.plan_slug())).await;
     let order_id = str_of(&placed, "orderId").to_owned();
 
@@ -290,7 +290,7 @@ async fn redis_down_at_commit_loses_no_job() {
     .await;
     let org = api::org_with_roles(&app, "home", &["SUPER_ADMIN"]).await;
     let pool = app.db.pool().await;
-    let offer = hosting_offer(&app, org.super_admin().token(), 5).await;
+    let offer = hosting_offer_ssl(&app, org.super_admin().token(), 5, false).await;
 
     redis.kill().await;
     let placed = place_order(&app, &order_body("home", offer.plan_slug())).await;
@@ -319,7 +319,7 @@ async fn a_worker_killed_mid_job_loses_nothing() {
     let app = TestApp::spawn_with(&[("RUN_WORKER", "false")]).await;
     let org = api::org_with_roles(&app, "home", &["SUPER_ADMIN"]).await;
     let pool = app.db.pool().await;
-    let offer = hosting_offer(&app, org.super_admin().token(), 5).await;
+    let offer = hosting_offer_ssl(&app, org.super_admin().token(), 5, false).await;
     let lease = [("JOB_LEASE", "2s"), ("JOB_SWEEP_INTERVAL", "200ms")];
 
     let mut a = app.spawn_worker(
@@ -393,7 +393,7 @@ async fn mpanel_worker_runs_jobs_and_exits_zero_on_sigterm() {
     let app = TestApp::spawn_with(&[("RUN_WORKER", "false"), ("JOB_SWEEP_INTERVAL", "1h")]).await;
     let org = api::org_with_roles(&app, "home", &["SUPER_ADMIN"]).await;
     let pool = app.db.pool().await;
-    let offer = hosting_offer(&app, org.super_admin().token(), 0).await;
+    let offer = hosting_offer_ssl(&app, org.super_admin().token(), 0, false).await;
 
     let mut worker = app.spawn_worker(&[
         ("JOB_DISPATCHER", "simulate"),

@@ -153,22 +153,34 @@ async fn two_replicas_and_a_worker_provision_a_burst_wherever_the_agents_are() {
     let orders = burst(&app, &b.url(""), offer.plan_slug(), 6).await;
     let pool = app.db.pool().await;
     let jobs = all_succeed(&pool, &orders).await;
-    assert_eq!(jobs.len(), 18, "three jobs per order");
+    assert_eq!(
+        jobs.len(),
+        24,
+        "four jobs per order: zone, site, mailbox, certificate"
+    );
     all_on_first_attempt(&pool, &jobs).await;
     let workers = workers_of(&pool, &jobs).await;
     assert!(
         workers.len() >= 2,
         "jobs ran in several processes: {workers:?}"
     );
-    // Every site is served, every zone answers.
+    // Every site is served over HTTPS, every zone answers.
+    let root = fleet.pebble.as_ref().expect("the fleet's pebble").root();
     for (_, domain) in &orders {
-        fleet.web.wait_for(domain, Some(200));
+        let (status, _) = fleet.web.get_https(domain, &root).unwrap();
+        assert_eq!(status, 200, "{domain}");
         assert_eq!(fleet.pdns.dig(domain, "A"), ["192.0.2.80"]);
     }
     // Exactly one execution per command.
     assert_eq!(
         fleet.agents[0]
             .wait_count(&["executing command", "create_site"], 6)
+            .await,
+        6
+    );
+    assert_eq!(
+        fleet.agents[0]
+            .wait_count(&["executing command", "issue_certificate"], 6)
             .await,
         6
     );
@@ -264,7 +276,7 @@ async fn killing_the_replica_that_holds_an_agent_loses_no_command() {
     let jobs = all_succeed(&pool, &orders).await;
     all_on_first_attempt(&pool, &jobs).await;
     for (_, domain) in &orders {
-        fleet.web.wait_for(domain, Some(200));
+        fleet.wait_https(domain, 200);
     }
     // Each site command ran once, whatever was re-sent.
     assert_eq!(
@@ -303,7 +315,7 @@ async fn the_guides_worker_recipe_provisions_a_real_order() {
         1,
         "only the standalone worker runs jobs: {workers:?}"
     );
-    fleet.web.wait_for(&orders[0].1, Some(200));
+    fleet.wait_https(&orders[0].1, 200);
     worker.terminate(Duration::from_secs(20)).await;
     app.cleanup().await;
 }
@@ -369,7 +381,7 @@ async fn sigterm_hands_back_jobs_waiting_on_an_unreachable_agent() {
             .await,
         1
     );
-    fleet.web.wait_for(&orders[0].1, Some(200));
+    fleet.wait_https(&orders[0].1, 200);
 
     worker.terminate(Duration::from_secs(20)).await;
     b.process.terminate(Duration::from_secs(20)).await;

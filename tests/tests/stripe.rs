@@ -10,8 +10,8 @@ use mpanel_tests::{
     panel::STRIPE_SECRET,
     selling::{
         self, count_with, deliver_event, fresh_domain, fresh_email, fresh_event_id, fresh_intent,
-        hosting_offer, intent_succeeded, job_ids, order_body, post_order, post_stripe, row_counts,
-        str_of, stripe_header, stripe_v1,
+        hosting_offer_ssl, intent_succeeded, job_ids, order_body, post_order, post_stripe,
+        row_counts, str_of, stripe_header, stripe_v1,
     },
 };
 use serde_json::{Value, json};
@@ -63,7 +63,7 @@ async fn a_signed_payment_becomes_one_order() {
     let app = TestApp::spawn_with(&[("RUN_WORKER", "false")]).await;
     let org = api::org_with_roles(&app, "home", &["SUPER_ADMIN"]).await;
     let pool = app.db.pool().await;
-    let offer = hosting_offer(&app, org.super_admin().token(), 5).await;
+    let offer = hosting_offer_ssl(&app, org.super_admin().token(), 5, false).await;
 
     let (event_id, intent) = (fresh_event_id(), fresh_intent());
     let email = fresh_email();
@@ -196,7 +196,7 @@ async fn receipt_email_and_several_signatures() {
     let app = TestApp::spawn_with(&[("RUN_WORKER", "false")]).await;
     let org = api::org_with_roles(&app, "home", &["SUPER_ADMIN"]).await;
     let pool = app.db.pool().await;
-    let offer = hosting_offer(&app, org.super_admin().token(), 0).await;
+    let offer = hosting_offer_ssl(&app, org.super_admin().token(), 0, false).await;
 
     // No customerEmail in the metadata: receipt_email is the customer's e-mail.
     let receipt = fresh_email();
@@ -252,7 +252,7 @@ async fn bad_signatures_store_nothing() {
     let app = TestApp::spawn_with(&[("RUN_WORKER", "false")]).await;
     let org = api::org_with_roles(&app, "home", &["SUPER_ADMIN"]).await;
     let pool = app.db.pool().await;
-    let offer = hosting_offer(&app, org.super_admin().token(), 5).await;
+    let offer = hosting_offer_ssl(&app, org.super_admin().token(), 5, false).await;
 
     let intent = fresh_intent();
     let event = intent_succeeded(
@@ -353,7 +353,7 @@ async fn other_events_are_acknowledged_and_ignored() {
     let app = TestApp::spawn_with(&[("RUN_WORKER", "false")]).await;
     let org = api::org_with_roles(&app, "home", &["SUPER_ADMIN"]).await;
     let pool = app.db.pool().await;
-    let offer = hosting_offer(&app, org.super_admin().token(), 0).await;
+    let offer = hosting_offer_ssl(&app, org.super_admin().token(), 0, false).await;
 
     let before = row_counts(&pool).await;
     for kind in [
@@ -459,7 +459,7 @@ async fn twenty_concurrent_deliveries_of_one_event_agree() {
     let app = TestApp::spawn_with(&[("RUN_WORKER", "false")]).await;
     let org = api::org_with_roles(&app, "home", &["SUPER_ADMIN"]).await;
     let pool = app.db.pool().await;
-    let offer = hosting_offer(&app, org.super_admin().token(), 5).await;
+    let offer = hosting_offer_ssl(&app, org.super_admin().token(), 5, false).await;
 
     let (event_id, intent) = (fresh_event_id(), fresh_intent());
     let event = intent_succeeded(

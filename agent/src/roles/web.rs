@@ -61,7 +61,7 @@ use crate::{
 
 mod tls;
 
-pub use tls::{renew_certificates, renew_due};
+pub use tls::{mark_reported, renew_certificates, renew_due, unreported};
 
 const IO: &str = "web_io_failed";
 const DOCROOT: &str = "public_html";

@@ -189,6 +189,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let renewal = crate::roles::web::renew_certificates(
             agent.config.web.clone(),
             agent.config.state_dir.clone(),
+            agent.outbox.clone(),
             shutdown.clone(),
         );
         agent.tracker.spawn(tracing::Instrument::instrument(

@@ -8,6 +8,8 @@
 //!   knows, an id already running is only acknowledged again.
 //! - **Shutdown** with a live connection: no new commands; running ones finish (bounded by
 //!   `shutdown_timeout`) and their results are sent before the connection is closed.
+//! - **Certificates** (web role, panel of protocol 2): the renewal task's statuses go out as
+//!   they come; at connect, those the panel was not sent yet.
 //! - **Idle**: the metrics sample after connecting, and the first one after commands ran
 //!   (none running), also gives back the code pages that work mapped ([`memory`]).
 //!
@@ -23,7 +25,8 @@ use anyhow::{Context, bail};
 use chrono::Utc;
 use futures_util::StreamExt;
 use mpanel_protocol::messages::{
-    AgentMessage, CommandEnvelope, Hello, Label, Outcome, PROTOCOL_VERSION, PanelMessage, Welcome,
+    AgentMessage, CommandEnvelope, Hello, Label, Outcome, PROTOCOL_VERSION, PanelMessage, Role,
+    Welcome,
 };
 use tokio::{
     sync::mpsc,
@@ -92,6 +95,18 @@ pub(super) async fn serve(
     let write_limit = silence;
 
     let mut pending_key = renewal::request_if_due(agent, &mut ws, write_limit).await?;
+    // What the panel was not told of our certificates while we were away.
+    let statuses = welcome.protocol_version >= CERTIFICATE_STATUS_SINCE
+        && agent.config.roles.contains(&Role::Web);
+    if statuses {
+        let web = agent.config.web.clone();
+        let unreported = tokio::task::spawn_blocking(move || crate::roles::web::unreported(&web))
+            .await
+            .context("reading the certificates' states")?;
+        for status in unreported {
+            send_status(agent, &mut ws, status, write_limit).await?;
+        }
+    }
     // Connecting mapped code the idle loop does not use: give it back at the first sample.
     agent.trim_due.store(true, Ordering::Relaxed);
 
@@ -133,7 +148,14 @@ pub(super) async fn serve(
                     Err(e) => bail!("malformed message from the hub: {e}"),
                 }
             }
-            Some(msg) = outbox.recv() => send(&mut ws, &msg, write_limit).await?,
+            Some(msg) = outbox.recv() => match msg {
+                // A panel of protocol 1 cannot read it; it stays unreported until one can.
+                AgentMessage::CertificateStatus(_) if !statuses => {}
+                AgentMessage::CertificateStatus(status) => {
+                    send_status(agent, &mut ws, status, write_limit).await?;
+                }
+                msg => send(&mut ws, &msg, write_limit).await?,
+            },
             _ = shutdown.cancelled() => {
                 drain(agent, &mut ws, outbox, write_limit).await;
                 return Ok(());
@@ -153,6 +175,22 @@ pub(super) async fn serve(
             }
         }
     }
+}
+
+/// The protocol version from which the panel reads [`AgentMessage::CertificateStatus`].
+const CERTIFICATE_STATUS_SINCE: u16 = 2;
+
+/// Sends a certificate's status and, once written, notes it as reported.
+async fn send_status(
+    agent: &Arc<Agent>,
+    ws: &mut Ws,
+    status: mpanel_protocol::web::CertificateStatus,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    send(ws, &AgentMessage::CertificateStatus(status.clone()), limit).await?;
+    let web = agent.config.web.clone();
+    tokio::spawn(async move { crate::roles::web::mark_reported(&web, &status).await });
+    Ok(())
 }
 
 /// Shutdown with a live connection: wait for running commands and send their results.

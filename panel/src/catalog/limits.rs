@@ -23,6 +23,7 @@ pub struct PlanLimits {
     #[schema(value_type = Option<String>, pattern = r"^[5-9]\.[0-9]{1,2}$")]
     pub php_version: Option<PhpVersion>,
     /// Whether an order's site gets an HTTPS certificate (ACME, through its web agent).
+    /// Absent: yes, as for every shared-hosting plan; `false` sells a site on HTTP only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssl: Option<bool>,
 }
@@ -39,9 +40,8 @@ impl PlanLimits {
         self.emails.is_some_and(|n| n > 0)
     }
 
-    /// Only plans that say `ssl: true` for now: the default becomes every shared-hosting plan
-    /// once the web agents' issuance is proven end to end.
+    /// Every plan unless it says `ssl: false` (only shared hosting has a site to certify).
     pub fn includes_ssl(&self) -> bool {
-        self.ssl == Some(true)
+        self.ssl != Some(false)
     }
 }

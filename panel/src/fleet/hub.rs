@@ -39,7 +39,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use mpanel_protocol::messages::{
-    AgentMessage, Hello, PROTOCOL_VERSION, PanelMessage, Text, Welcome,
+    AgentMessage, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, PanelMessage, Text, Welcome,
 };
 /// Small buffers and the protocol's message limit, the same as the agent's; see the module
 /// docs for the arithmetic.
@@ -82,6 +82,11 @@ const OUTBOUND_CAPACITY: usize = 32;
 const MIN_METRICS_GAP: Duration = Duration::from_secs(1);
 /// Renewals one connection may ask for (a sane agent needs one).
 const MAX_RENEWALS_PER_CONNECTION: u32 = 2;
+/// A web server reports each of its sites' certificates at most once per renewal attempt
+/// and once at connect; far more than its sites is a broken or hostile agent.
+const MAX_CERTIFICATE_STATUSES_PER_CONNECTION: u32 = 100_000;
+/// A status is written inline (the connection reads nothing meanwhile), so not for long.
+const STATUS_WRITE_WITHIN: Duration = Duration::from_secs(5);
 
 /// The bound listener, ready to [`Hub::run`].
 pub struct Hub {
@@ -265,9 +270,9 @@ async fn handle(
     let span = tracing::Span::current();
     span.record("agent_id", tracing::field::display(peer.agent_id));
 
-    if hello.protocol_version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.protocol_version) {
         let reason = format!(
-            "protocol version {} is not supported; this panel speaks {PROTOCOL_VERSION}",
+            "protocol version {} is not supported; this panel speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
             hello.protocol_version
         );
         state.metrics.handshake("refused");
@@ -321,6 +326,7 @@ async fn handle(
         conn_id,
         version: hello.agent_version.as_str().to_owned(),
         renewals: 0,
+        certificate_statuses: 0,
         last_metrics: None,
     };
     let result = conn.serve(&mut ws, hello, resend, rx, &shutdown).await;
@@ -363,6 +369,7 @@ struct Conn {
     conn_id: u64,
     version: String,
     renewals: u32,
+    certificate_statuses: u32,
     last_metrics: Option<Instant>,
 }
 
@@ -396,7 +403,8 @@ impl Conn {
             ))
             .await?;
         let welcome = PanelMessage::Welcome(Welcome {
-            protocol_version: PROTOCOL_VERSION,
+            // The agent's own: it is the one this connection speaks.
+            protocol_version: hello.protocol_version,
             agent_id: self.peer.agent_id,
             server_id: self.server_id,
             heartbeat_secs: u32::try_from(heartbeat.as_secs().max(1)).unwrap_or(u32::MAX),
@@ -525,6 +533,33 @@ impl Conn {
                 self.last_metrics = Some(Instant::now());
                 if !self.store.metrics(self.tenant_id, self.server_id, report) {
                     tracing::debug!("metrics queue full; sample dropped");
+                }
+            }
+            AgentMessage::CertificateStatus(status) => {
+                if self.certificate_statuses >= MAX_CERTIFICATE_STATUSES_PER_CONNECTION {
+                    tracing::warn!(domain = %status.domain, "certificate status dropped: too many on this connection");
+                    return Ok(());
+                }
+                self.certificate_statuses += 1;
+                let recorded = timeout(
+                    STATUS_WRITE_WITHIN,
+                    crate::hosting::tls::report::record(&self.state.db, self.server_id, &status),
+                )
+                .await;
+                match recorded {
+                    Ok(Ok(outcome)) => tracing::info!(
+                        domain = %status.domain,
+                        serial = status.serial.as_str(),
+                        failures = status.failures,
+                        ?outcome,
+                        "certificate status"
+                    ),
+                    Ok(Err(e)) => {
+                        tracing::warn!(domain = %status.domain, error = %e, "could not record a certificate status")
+                    }
+                    Err(_) => {
+                        tracing::warn!(domain = %status.domain, "recording a certificate status timed out")
+                    }
                 }
             }
             AgentMessage::RenewCertificate { csr_pem } => {

@@ -122,6 +122,16 @@ pub trait JobKind:
     ) -> impl Future<Output = sqlx::Result<()>> + Send {
         async { Ok(()) }
     }
+
+    /// Bookkeeping inside the transaction that records the job's final failure (no attempt
+    /// left, or a permanent error).
+    fn on_failed(
+        &self,
+        _tx: &mut PgConnection,
+        _state: &AppState,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// A payload several kinds share (see [`newtype_kind!`]): the rows it is about, and how
@@ -138,7 +148,8 @@ pub trait SharedPayload: Serialize {
 /// mailbox reference): stored as the inner payload, its refs the inner's `refs()`.
 /// `requires Perm` names the permission that creating it needs (asked again to retry it),
 /// `|state, job, inner| body` is its executor; `on_success = |tx, state, inner| body`
-/// optionally its success hook (an order's kinds, which need no permission beyond retrying).
+/// optionally its success hook (an order's kinds, which need no permission beyond retrying),
+/// and `on_failed = …` then its final failure's.
 ///
 /// [`OrderJob`]: crate::orders::jobs::OrderJob
 macro_rules! newtype_kind {
@@ -153,7 +164,8 @@ macro_rules! newtype_kind {
     };
     ($(#[$doc:meta])* $name:ident($inner:ty) as $type:ident,
      |$state:ident, $job:ident, $p:ident| $run:expr,
-     on_success = |$tx:ident, $st:ident, $q:ident| $hook:expr $(,)?) => {
+     on_success = |$tx:ident, $st:ident, $q:ident| $hook:expr
+     $(, on_failed = |$ftx:ident, $fst:ident, $fq:ident| $fhook:expr)? $(,)?) => {
         $crate::jobs::payload::newtype_kind!(@kind $(#[$doc])* $name($inner) as $type,
             |$state, $job, $p| $run, {
                 async fn on_success(
@@ -165,6 +177,16 @@ macro_rules! newtype_kind {
                     let $q = &self.0;
                     $hook
                 }
+                $(
+                async fn on_failed(
+                    &self,
+                    $ftx: &mut sqlx::PgConnection,
+                    $fst: &$crate::app::AppState,
+                ) -> sqlx::Result<()> {
+                    let $fq = &self.0;
+                    $fhook
+                }
+                )?
             });
     };
     (@kind $(#[$doc:meta])* $name:ident($inner:ty) as $type:ident,
@@ -262,6 +284,15 @@ macro_rules! job_kinds {
             ) -> sqlx::Result<()> {
                 use $crate::jobs::payload::JobKind;
                 match self { $(Self::$variant(p) => p.on_success(tx, state, job).await,)+ }
+            }
+
+            pub async fn on_failed(
+                &self,
+                tx: &mut sqlx::PgConnection,
+                state: &$crate::app::AppState,
+            ) -> sqlx::Result<()> {
+                use $crate::jobs::payload::JobKind;
+                match self { $(Self::$variant(p) => p.on_failed(tx, state).await,)+ }
             }
         }
 

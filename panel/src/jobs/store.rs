@@ -106,6 +106,16 @@ pub async fn run_after(conn: &mut PgConnection, job: Uuid, after: Uuid) -> sqlx:
     Ok(())
 }
 
+/// An order's job whose failure does not hold the order back (its certificate: a site whose
+/// certificate cannot be had yet is live on HTTP, and its customer should hear of it).
+pub async fn optional_for_order(conn: &mut PgConnection, job: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET optional = true WHERE id = $1")
+        .bind(job)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// A job a worker holds the lease of.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedJob {
@@ -337,6 +347,10 @@ pub async fn fail(
                 Some(json!({ "error": error })),
             )
             .await?;
+            // A payload that does not decode failed before it ran: no hook to run.
+            if let Ok(payload) = JobPayload::from_stored(job.kind, job.payload.clone()) {
+                payload.on_failed(&mut tx, state).await?;
+            }
             audit::record(
                 &mut tx,
                 Entry::system(job.tenant_id, "job.failed", json!({ "jobId": job.id, "type": job.kind, "attempts": job.attempts, "error": error })),

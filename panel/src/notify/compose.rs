@@ -179,6 +179,48 @@ pub fn job_failed(j: &JobFailed<'_>) -> (String, String) {
     (subject, body)
 }
 
+/// What the tenant's admins get when a site's certificate expires soon and its agent could
+/// not renew it.
+pub fn certificate_expiring(
+    tenant_name: &str,
+    c: &super::ExpiringCertificate<'_>,
+    app_url: &str,
+) -> (String, String) {
+    let tenant = one_line(tenant_name);
+    let domain = one_line(c.domain);
+    let at = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M UTC").to_string();
+    let subject = format!(
+        "[{tenant}] The HTTPS certificate of {domain} expires {}",
+        at(c.not_after)
+    );
+    let why = match (c.failures, c.last_error) {
+        (0, _) => {
+            "Its web server has not reported a renewal since it was due (is its agent offline?)."
+                .to_owned()
+        }
+        (n, Some(e)) => format!(
+            "Its web server's last {n} renewal(s) failed: {}",
+            one_line(e)
+        ),
+        (n, None) => format!("Its web server's last {n} renewal(s) failed."),
+    };
+    let next = c
+        .next_attempt_at
+        .map(|t| format!("The web server tries again at {}.\n", at(t)))
+        .unwrap_or_default();
+    let body = format!(
+        "The HTTPS certificate of {domain} ({tenant}) expires {expires} and was not renewed.\n\n\
+         {why}\n{next}\n\
+         Visitors will see a browser warning once it expires. Fix what the error names (the \
+         domain's DNS must point at its web server, which must answer on port 80), then \
+         re-issue the certificate from the site's page: {app_url}\n\n\
+         \x20 Serial: {serial}\n",
+        expires = at(c.not_after),
+        serial = one_line(c.serial),
+    );
+    (subject, body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,5 +364,46 @@ mod tests {
             body.contains(&format!("https://panel.example.com/jobs/{id}")),
             "{body}"
         );
+    }
+
+    #[test]
+    fn the_certificate_warning_says_what_failed_and_what_to_do() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-20T08:00:00Z")
+            .unwrap()
+            .to_utc();
+        let cert = super::super::ExpiringCertificate {
+            tenant_id: uuid::Uuid::nil(),
+            certificate_id: uuid::Uuid::nil(),
+            domain: "shop.example",
+            serial: "4f2a9c",
+            not_after: at,
+            failures: 3,
+            last_error: Some("acme_challenge_failed: shop.example:\r\nBcc: x@evil"),
+            next_attempt_at: Some(at - chrono::TimeDelta::hours(6)),
+        };
+        let (subject, body) = certificate_expiring("MigraHosting", &cert, "https://panel.example");
+        assert_eq!(
+            subject,
+            "[MigraHosting] The HTTPS certificate of shop.example expires 2026-12-20 08:00 UTC"
+        );
+        assert!(
+            body.contains("last 3 renewal(s) failed: acme_challenge_failed"),
+            "{body}"
+        );
+        assert!(!body.contains("\r\nBcc"), "one line per value: {body}");
+        assert!(
+            body.contains("tries again at 2026-12-20 02:00 UTC"),
+            "{body}"
+        );
+        assert!(body.contains("https://panel.example"), "{body}");
+        assert!(body.contains("4f2a9c"), "{body}");
+        let silent = super::super::ExpiringCertificate {
+            failures: 0,
+            last_error: None,
+            next_attempt_at: None,
+            ..cert
+        };
+        let (_, body) = certificate_expiring("MigraHosting", &silent, "https://panel.example");
+        assert!(body.contains("is its agent offline?"), "{body}");
     }
 }

@@ -1,6 +1,6 @@
 //! E-mail that must not be lost: the welcome e-mail carrying an order's credentials,
-//! operators' notice of a job that gave up, and customers' notices of their subscription's
-//! lifecycle ([`queue_subscription_notice`]).
+//! operators' notice of a job that gave up or of a certificate expiring unrenewed, and
+//! customers' notices of their subscription's lifecycle ([`queue_subscription_notice`]).
 //!
 //! Everything goes through PostgreSQL. A provisioning job that generated a secret stashes it
 //! sealed in `order_credentials` ([`stash_credential`]); when the order's last job succeeds,
@@ -212,6 +212,74 @@ pub async fn queue_welcome(
     Ok(())
 }
 
+/// The tenant's active SUPER_ADMIN and ADMIN users' addresses and the tenant's name; empty
+/// when it has none.
+async fn tenant_admins(
+    tx: &mut PgConnection,
+    tenant_id: Uuid,
+) -> sqlx::Result<Option<(Vec<String>, String)>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT u.email, t.name FROM users u JOIN tenants t ON t.id = u.tenant_id
+          WHERE u.tenant_id = $1 AND u.is_active AND u.role IN ('SUPER_ADMIN', 'ADMIN')
+          ORDER BY u.email",
+    )
+    .bind(tenant_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let Some((_, tenant_name)) = rows.first() else {
+        return Ok(None);
+    };
+    let tenant_name = tenant_name.clone();
+    Ok(Some((
+        rows.into_iter().map(|(e, _)| e).collect(),
+        tenant_name,
+    )))
+}
+
+/// A site certificate about to expire that its agent could not renew.
+pub struct ExpiringCertificate<'a> {
+    pub tenant_id: Uuid,
+    pub certificate_id: Uuid,
+    pub domain: &'a str,
+    pub serial: &'a str,
+    pub not_after: chrono::DateTime<chrono::Utc>,
+    pub failures: i32,
+    pub last_error: Option<&'a str>,
+    pub next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Queues the warning of `cert` to the tenant's admins, once per certificate (serial);
+/// nothing when the tenant has none.
+pub async fn queue_certificate_expiring(
+    tx: &mut PgConnection,
+    sealer: &Sealer,
+    config: &Config,
+    cert: &ExpiringCertificate<'_>,
+) -> sqlx::Result<()> {
+    let Some((to, tenant_name)) = tenant_admins(tx, cert.tenant_id).await? else {
+        return Ok(());
+    };
+    let (subject, body) = compose::certificate_expiring(&tenant_name, cert, &app_url(config));
+    queue(
+        tx,
+        sealer,
+        Queued {
+            tenant_id: cert.tenant_id,
+            order_id: None,
+            kind: "CERTIFICATE_EXPIRING",
+            dedupe_key: format!(
+                "certificate-expiring:{}:{}",
+                cert.certificate_id, cert.serial
+            ),
+            to,
+            subject,
+            body: body.as_bytes(),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 /// Queues a notice of a job that ended FAILED to the tenant's active SUPER_ADMIN and ADMIN
 /// users; nothing when the tenant has none. Once per failure: the dedupe key counts the
 /// job's FAILED log entries, since a retried job starts its attempts at 0 again.
@@ -226,15 +294,7 @@ pub async fn queue_job_failed(
     attempts: i32,
     error: &str,
 ) -> sqlx::Result<()> {
-    let recipients: Vec<(String, String)> = sqlx::query_as(
-        "SELECT u.email, t.name FROM users u JOIN tenants t ON t.id = u.tenant_id
-          WHERE u.tenant_id = $1 AND u.is_active AND u.role IN ('SUPER_ADMIN', 'ADMIN')
-          ORDER BY u.email",
-    )
-    .bind(tenant_id)
-    .fetch_all(&mut *tx)
-    .await?;
-    let Some((_, tenant_name)) = recipients.first() else {
+    let Some((to, tenant_name)) = tenant_admins(tx, tenant_id).await? else {
         return Ok(());
     };
     let failures: i64 = sqlx::query_scalar(
@@ -245,14 +305,13 @@ pub async fn queue_job_failed(
     .await?;
     let app_url = app_url(config);
     let (subject, body) = compose::job_failed(&compose::JobFailed {
-        tenant_name,
+        tenant_name: &tenant_name,
         job_id,
         job_type,
         attempts,
         error,
         app_url: &app_url,
     });
-    let to = recipients.iter().map(|(email, _)| email.clone()).collect();
     queue(
         tx,
         sealer,

@@ -1,8 +1,8 @@
 //! What every provisioning job of a paid order carries ([`OrderJob`]), and the order's
 //! completion: when the last of its jobs succeeds, its domain becomes ACTIVE and its customer
 //! gets the welcome e-mail (once per order). The resource modules wrap [`OrderJob`] in their
-//! own kinds (`ProvisionOrderZone`, `ProvisionOrderSite`, …) and call [`OrderJob::succeeded`]
-//! from their success hook.
+//! own kinds (`ProvisionOrderZone`, `ProvisionOrderSite`, …) and call [`OrderJob::settled`]
+//! from their success and failure hooks.
 
 use mpanel_protocol::{DomainName, EmailAddress};
 use serde::{Deserialize, Serialize};
@@ -79,6 +79,12 @@ impl OrderStep {
         }
     }
 
+    /// Whether the order is complete without this step's success: a site whose certificate
+    /// cannot be had (yet) is live on HTTP, and its customer is told its `http://` address.
+    pub fn optional(self) -> bool {
+        self == OrderStep::Certificate
+    }
+
     pub fn payload(self, order: OrderJob) -> JobPayload {
         match self {
             OrderStep::Zone => ProvisionOrderZone(order).into(),
@@ -107,7 +113,8 @@ macro_rules! order_kind {
         $crate::jobs::payload::newtype_kind!(
             $(#[$doc])* $name($crate::orders::jobs::OrderJob) as $type,
             |$state, $job, $order| $run,
-            on_success = |tx, state, order| order.succeeded(tx, state).await,
+            on_success = |tx, state, order| order.settled(tx, state).await,
+            on_failed = |tx, state, order| order.settled(tx, state).await,
         );
     };
 }
@@ -149,8 +156,10 @@ impl OrderJob {
         }
     }
 
-    /// One of the order's jobs succeeded (its row already says so in `tx`).
-    pub async fn succeeded(&self, tx: &mut PgConnection, state: &AppState) -> sqlx::Result<()> {
+    /// One of the order's jobs succeeded or failed for good (its row already says so in
+    /// `tx`): the order is complete once each of its jobs succeeded, an optional one
+    /// ([`OrderStep::optional`]) having possibly failed.
+    pub async fn settled(&self, tx: &mut PgConnection, state: &AppState) -> sqlx::Result<()> {
         // Jobs of one order finishing at once would each still see the others RUNNING
         // (uncommitted), and none would find the order complete: the order's row lock makes
         // them look one after the other.
@@ -159,7 +168,8 @@ impl OrderJob {
             .fetch_optional(&mut *tx)
             .await?;
         let complete: bool = sqlx::query_scalar(
-            "SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE order_id = $1 AND status <> 'SUCCESS')",
+            "SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE order_id = $1 AND status <> 'SUCCESS'
+                                   AND NOT (optional AND status = 'FAILED'))",
         )
         .bind(self.order_id)
         .fetch_one(&mut *tx)
@@ -182,9 +192,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_hosting_plan_with_ssl_gets_its_certificate_after_its_zone() {
+    fn a_hosting_plan_gets_its_certificate_after_its_zone_unless_it_says_no() {
         let ssl = PlanLimits {
-            ssl: Some(true),
             emails: Some(1),
             ..PlanLimits::default()
         };
@@ -200,9 +209,12 @@ mod tests {
         );
         assert_eq!(OrderStep::Certificate.runs_after(), Some(OrderStep::Zone));
         assert_eq!(OrderStep::Certificate.job_type(), JobType::ProvisionHosting);
-        let plain =
-            OrderStep::for_product(ProductType::SharedHosting, &PlanLimits::default(), true);
-        assert!(!plain.contains(&OrderStep::Certificate));
+        let plain = PlanLimits {
+            ssl: Some(false),
+            ..PlanLimits::default()
+        };
+        let plain = OrderStep::for_product(ProductType::SharedHosting, &plain, true);
+        assert_eq!(plain, [OrderStep::Zone, OrderStep::Site]);
         let mail = OrderStep::for_product(ProductType::Email, &ssl, true);
         assert!(
             !mail.contains(&OrderStep::Certificate),

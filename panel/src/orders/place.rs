@@ -268,6 +268,9 @@ pub async fn place_paid_order(
     for step in &steps {
         let payload = step.payload(line.clone());
         let id = store::insert(&mut tx, tenant_id, Some(order_id), &payload, max_attempts).await?;
+        if step.optional() {
+            store::optional_for_order(&mut tx, id).await?;
+        }
         ids.push((*step, id));
         jobs.push(JobRef {
             id,
@@ -323,9 +326,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hosting_with_mail_gets_three_jobs_in_order() {
+    fn hosting_with_mail_gets_its_jobs_in_order() {
         let limits = PlanLimits {
             emails: Some(5),
+            ssl: Some(false),
             ..Default::default()
         };
         let types = |kind, limits: &PlanLimits, domain| {
@@ -344,7 +348,12 @@ mod tests {
         );
         assert_eq!(
             types(ProductType::SharedHosting, &PlanLimits::default(), true),
-            [JobType::ProvisionDns, JobType::ProvisionHosting]
+            [
+                JobType::ProvisionDns,
+                JobType::ProvisionHosting,
+                JobType::ProvisionHosting
+            ],
+            "HTTPS unless the plan says no"
         );
         assert_eq!(
             types(ProductType::Vps, &limits, false),

@@ -27,8 +27,10 @@
 //! **Renewal.** [`renew_certificates`] renews each certificate at `renew_at`: two thirds of
 //! its lifetime, ±5% of it at random so a fleet spreads its orders; a failure is logged,
 //! kept in `renewal.json` and retried with capped exponential back-off (5 min to 6 h). It
-//! shares the web role's lock, so it never runs beside a site command. Reporting its
-//! results to the panel is not done yet: `renewal.json` holds them.
+//! shares the web role's lock, so it never runs beside a site command. What became of each
+//! attempt goes to the panel (`AgentMessage::CertificateStatus`, protocol 2); a state the
+//! panel was not sent (no connection, a restart) is marked so in `renewal.json` and sent
+//! at the next connection ([`unreported`], [`mark_reported`]).
 //!
 //! Errors (besides [`acme`]'s and the web role's): `site_not_found`,
 //! `certificate_invalid` (the CA's answer cannot be installed), `challenge_not_served`
@@ -44,9 +46,16 @@ use std::{
 };
 
 use chrono::{DateTime, TimeDelta, Utc};
-use mpanel_protocol::{DomainName, PhpVersion, SystemUser, web::IssueCertificateOutput};
+use mpanel_protocol::{
+    DomainName, PhpVersion, SystemUser,
+    messages::{AgentMessage, Label, Text},
+    web::{CertificateStatus, IssueCertificateOutput},
+};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::mpsc,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -64,11 +73,15 @@ const RESCAN: Duration = Duration::from_secs(3600);
 /// Consecutive local answers that must be right: the challenge probe before the CA is
 /// asked to validate, the new certificate before the install counts as served.
 const PROBES_IN_A_ROW: u32 = 5;
-/// The least time between two renewals of one certificate.
+/// The least time between two renewals of one certificate (a third of its lifetime when
+/// that is shorter: a test CA's 30-second certificates are renewed before they expire).
 const MIN_INTERVAL: TimeDelta = TimeDelta::seconds(60);
 /// The first retry of a failed renewal; doubled per failure up to [`RETRY_MAX`].
 const RETRY_MIN: Duration = Duration::from_secs(300);
 const RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
+
+/// Wakes the renewal task when a command installed a certificate (or its state).
+static INSTALLED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 const CHAIN_FILE: &str = "fullchain.pem";
 const KEY_FILE: &str = "privkey.pem";
@@ -353,9 +366,40 @@ pub struct RenewalState {
     pub last_error: Option<String>,
     #[serde(default)]
     pub retry_at: Option<DateTime<Utc>>,
+    /// The served certificate's issuer and start of validity, for the panel.
+    #[serde(default)]
+    pub issuer: String,
+    #[serde(default)]
+    pub not_before: Option<DateTime<Utc>>,
+    /// When this state was written, and whether the panel was sent it since.
+    #[serde(default = "Utc::now")]
+    pub recorded_at: DateTime<Utc>,
+    #[serde(default)]
+    pub reported: bool,
 }
 
 impl RenewalState {
+    /// What the panel is told of this certificate (`None`: a value it cannot be sent as,
+    /// which a state this agent wrote never has).
+    pub fn status(&self) -> Option<CertificateStatus> {
+        let clip = |s: &str, max: usize| s.chars().take(max).collect::<String>();
+        Some(CertificateStatus {
+            domain: self.domain.clone(),
+            issuer: Text::parse(clip(&self.issuer, 1024)).ok()?,
+            serial: Label::parse(self.serial.clone()).ok()?,
+            not_before: self.not_before.unwrap_or(self.not_after),
+            not_after: self.not_after,
+            renew_at: self.renew_at,
+            failures: self.failures,
+            last_error: match &self.last_error {
+                Some(e) if self.failures > 0 => Some(Text::parse(clip(e, 2048)).ok()?),
+                _ => None,
+            },
+            next_attempt_at: self.next_attempt(),
+            recorded_at: self.recorded_at,
+        })
+    }
+
     /// When the renewal task should next try: `renew_at`, or the back-off after failures
     /// (a failed forced re-issue of a certificate not yet due does not make it due).
     fn next_attempt(&self) -> DateTime<Utc> {
@@ -424,6 +468,7 @@ pub(super) async fn issue(
             _ => {
                 let state = new_state(site, &chain);
                 write_state(&files.state, &state)?;
+                INSTALLED.notify_one();
                 state.renew_at
             }
         };
@@ -433,6 +478,9 @@ pub(super) async fn issue(
     let chain = order_and_install(site, state_dir, suspended, &files, &names).await?;
     let state = new_state(site, &chain);
     write_state(&files.state, &state)?;
+    if mode != Mode::Renewal {
+        INSTALLED.notify_one();
+    }
     Ok(chain.output(state.renew_at, true))
 }
 
@@ -448,6 +496,8 @@ pub(super) fn record_failure(
     state.failures = state.failures.saturating_add(1);
     state.last_error = Some(format!("{}: {}", failure.code, failure.message));
     state.retry_at = Some(Utc::now() + retry_delay(state.failures));
+    state.recorded_at = Utc::now();
+    state.reported = false;
     if let Err(f) = write_state(&path, &state) {
         tracing::warn!(domain = %domain, "cannot record a certificate failure: {}", f.message);
     }
@@ -465,6 +515,10 @@ fn new_state(site: &Site<'_>, chain: &Chain) -> RenewalState {
         failures: 0,
         last_error: None,
         retry_at: None,
+        issuer: chain.issuer.clone(),
+        not_before: Some(chain.not_before),
+        recorded_at: Utc::now(),
+        reported: false,
     }
 }
 
@@ -846,9 +900,14 @@ impl rustls::client::danger::ServerCertVerifier for AnyChain {
 
 /// The renewal task: renews every certificate under `cert_dir` when it is due, until
 /// `shutdown`. A renewal under way when shutdown comes is finished first.
-pub async fn renew_certificates(cfg: WebConfig, state_dir: PathBuf, shutdown: CancellationToken) {
+pub async fn renew_certificates(
+    cfg: WebConfig,
+    state_dir: PathBuf,
+    reports: mpsc::Sender<AgentMessage>,
+    shutdown: CancellationToken,
+) {
     loop {
-        let next = renew_due(&cfg, &state_dir).await;
+        let next = renew_due(&cfg, &state_dir, &reports).await;
         let wait = next
             .and_then(|at| (at - Utc::now()).to_std().ok())
             .unwrap_or(Duration::ZERO)
@@ -857,13 +916,20 @@ pub async fn renew_certificates(cfg: WebConfig, state_dir: PathBuf, shutdown: Ca
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait.max(Duration::from_secs(1))) => {}
+            // A certificate was installed: it may be due before the time slept for.
+            _ = INSTALLED.notified() => {}
         }
     }
 }
 
-/// One pass: renews each certificate whose time has come. Returns when the next one is
-/// due (`None`: there are none).
-pub async fn renew_due(cfg: &WebConfig, state_dir: &Path) -> Option<DateTime<Utc>> {
+/// One pass: renews each certificate whose time has come, and queues what became of it in
+/// `reports` (sent with the next connection when there is none now; see
+/// [`unreported`]). Returns when the next one is due (`None`: there are none).
+pub async fn renew_due(
+    cfg: &WebConfig,
+    state_dir: &Path,
+    reports: &mpsc::Sender<AgentMessage>,
+) -> Option<DateTime<Utc>> {
     let entries = match fs::read_dir(&cfg.cert_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -886,8 +952,14 @@ pub async fn renew_due(cfg: &WebConfig, state_dir: &Path) -> Option<DateTime<Utc
         let mut at = state.next_attempt();
         if at <= Utc::now() {
             at = renew_one(cfg, state_dir, &state).await.unwrap_or(at);
+            let after = read_state(&path).ok().flatten().unwrap_or(state);
+            if let Some(status) = after.status() {
+                // Full or closed: it stays unreported, and the next connection sends it.
+                let _ = reports.try_send(AgentMessage::CertificateStatus(status));
+            }
             // Whatever the CA's dates say, one certificate is never ordered in a loop.
-            at = at.max(Utc::now() + MIN_INTERVAL);
+            let lifetime = after.not_after - after.not_before.unwrap_or(after.not_after);
+            at = at.max(Utc::now() + MIN_INTERVAL.min(lifetime / 3).max(TimeDelta::seconds(1)));
         }
         next = Some(next.map_or(at, |n| n.min(at)));
     }
@@ -930,6 +1002,41 @@ async fn renew_one(
             // No state left (the site went meanwhile): the next scan decides.
             after.map(|s| s.next_attempt())
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// What the panel has not been told
+// ---------------------------------------------------------------------------------------
+
+/// The certificates whose latest state the panel has not been sent (a renewal while no hub
+/// was reachable, a state written before a restart), for the next connection.
+pub fn unreported(cfg: &WebConfig) -> Vec<CertificateStatus> {
+    let Ok(entries) = fs::read_dir(&cfg.cert_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| read_state(&e.path().join(STATE_FILE)).ok().flatten())
+        .filter(|s| !s.reported)
+        .filter_map(|s| s.status())
+        .collect()
+}
+
+/// Notes that the panel was sent `status`, unless the state has changed since. Takes the
+/// web role's lock (a renewal may be writing the same file), so call it from its own task.
+pub async fn mark_reported(cfg: &WebConfig, status: &CertificateStatus) {
+    let _guard = LOCK.lock().await;
+    let path = Files::of(cfg, &status.domain).state;
+    let Ok(Some(mut state)) = read_state(&path) else {
+        return;
+    };
+    if state.reported || state.recorded_at != status.recorded_at {
+        return;
+    }
+    state.reported = true;
+    if let Err(f) = write_state(&path, &state) {
+        tracing::warn!(domain = %status.domain, "cannot note a reported certificate: {}", f.message);
     }
 }
 

@@ -6,7 +6,16 @@
 //! An order's certificate is a step of the order (after its zone: the challenge is fetched
 //! through the name); an operator re-issues one with `POST
 //! /api/hosting/accounts/{id}/certificate`. A failed issuance leaves the site on HTTP, the
-//! error in `lastError`; a site that already has a certificate keeps serving it.
+//! error in `lastError`; a site that already has a certificate keeps serving it. The order
+//! does not wait for it: its certificate's job is optional (see `OrderStep::optional`), so
+//! a failed one still completes the order, with an `http://` address in the welcome e-mail.
+//!
+//! Renewal is the agent's, without a panel round trip; what it reports of it ([`report`])
+//! keeps the state here, and [`expiry`] warns the tenant's admins of a certificate about to
+//! expire that could not be renewed.
+
+pub mod expiry;
+pub mod report;
 
 use std::time::Duration;
 
@@ -48,15 +57,22 @@ pub struct SslState {
     pub not_after: Option<DateTime<Utc>>,
     /// When its agent renews it.
     pub renew_at: Option<DateTime<Utc>>,
-    /// Why the last issuance failed (kept until one succeeds).
+    /// Why the last issuance or renewal failed (kept until one succeeds).
     pub last_error: Option<String>,
+    /// Renewals by the agent that failed in a row (0 once one succeeds).
+    pub renewal_failures: i32,
+    /// When the agent tries to renew next, as it last reported.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the agent recorded the state it last reported (its clock).
+    pub reported_at: Option<DateTime<Utc>>,
     pub job_id: Option<Uuid>,
 }
 
 /// The account's certificate state, `None` when it never had one asked for.
 pub async fn state_of(db: &PgPool, account: Uuid) -> sqlx::Result<Option<SslState>> {
     sqlx::query_as(
-        "SELECT status, issuer, serial, names, not_before, not_after, renew_at, last_error, job_id
+        "SELECT status, issuer, serial, names, not_before, not_after, renew_at, last_error,
+                renewal_failures, next_attempt_at, reported_at, job_id
            FROM site_certificates WHERE hosting_account_id = $1",
     )
     .bind(account)
@@ -192,7 +208,8 @@ async fn issue(
             sqlx::query(
                 "UPDATE site_certificates
                     SET status = 'ACTIVE', issuer = $2, serial = $3, names = $4, not_before = $5,
-                        not_after = $6, renew_at = $7, last_error = NULL
+                        not_after = $6, renew_at = $7, last_error = NULL, renewal_failures = 0,
+                        next_attempt_at = $7, reported_at = now()
                   WHERE hosting_account_id = $1",
             )
             .bind(account)
