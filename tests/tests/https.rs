@@ -2,9 +2,9 @@
 //! (pebble, whose validation fetches the HTTP-01 challenge from the web agent's nginx), and
 //! curl checking the chain against pebble's root. Then an operator's re-issue with requests
 //! running all along, and one whose challenge cannot succeed: the job FAILED with the
-//! reason, the site still served. Then the agent's own renewals, reported to the panel, and
-//! the tenant's admins warned when one cannot be renewed; and an order whose certificate
-//! cannot be had, which is live on HTTP all the same.
+//! reason, the site still served. Then the agent's own renewals, reported to the panel (also
+//! one made while the panel was down), and the tenant's admins warned when one cannot be
+//! renewed; and an order whose certificate cannot be had, which is live on HTTP all the same.
 
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use mpanel_tests::{
     replica::Fleet3,
     request_loop::RequestLoop,
     selling::hosting_offer,
-    smtp::SmtpSink,
+    smtp::{SmtpSink, free_port},
     wait_for,
     web::WebSandbox,
 };
@@ -247,12 +247,15 @@ fn job<'a>(jobs: &'a [(String, String)], kind: &str) -> &'a str {
 async fn the_agent_renews_on_its_own_the_panel_hears_of_it_and_admins_are_warned_when_it_cannot() {
     let smtp = SmtpSink::start().await;
     let smtp_port = smtp.port().to_string();
-    let app = TestApp::spawn_with(&[
+    // A fixed hub address: the panel is restarted below and its agents dial it again.
+    let hub_listen = format!("127.0.0.1:{}", free_port());
+    let mut app = TestApp::spawn_with(&[
         ("SMTP_HOST", "127.0.0.1"),
         ("SMTP_PORT", smtp_port.as_str()),
         ("SMTP_TLS", "none"),
         ("EMAIL_FROM", "welcome@panel.example"),
         ("AGENT_HEARTBEAT_INTERVAL", "1s"),
+        ("AGENT_LISTEN_ADDR", hub_listen.as_str()),
         ("JOB_SWEEP_INTERVAL", "200ms"),
         ("JOB_RETRY_BASE", "200ms"),
         ("JOB_MAX_ATTEMPTS", "2"),
@@ -388,6 +391,24 @@ async fn the_agent_renews_on_its_own_the_panel_hears_of_it_and_admins_are_warned
             .any(|m| m.subject().contains("HTTPS certificate")),
         "no warning while renewals succeed"
     );
+
+    // A renewal while the panel is down is sent when the agent connects again.
+    app.terminate().await;
+    let state_file = format!("certs/{domain}/renewal.json");
+    let renewed_offline = wait_for("a renewal while the panel is down", WAIT, || async {
+        let state: Value = serde_json::from_str(&fleet.web.read(&state_file)).ok()?;
+        let now = state["serial"].as_str()?.to_owned();
+        (now != serial).then_some(now)
+    })
+    .await;
+    app.start().await;
+    let after_restart = wait_for("the offline renewal to reach the panel", WAIT, || async {
+        let ssl = account(&app, &admin, &account_id).await["ssl"].clone();
+        (ssl["serial"] == renewed_offline.as_str()).then_some(ssl)
+    })
+    .await;
+    assert_eq!(after_restart["renewalFailures"], 0, "{after_restart}");
+    let serial = renewed_offline;
 
     // Its next renewal cannot succeed: the panel shows the failure, the old certificate is
     // still served, and the tenant's admins are told (once) before it expires.
