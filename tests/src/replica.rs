@@ -138,6 +138,25 @@ impl Replica {
     }
 }
 
+/// A panel for a fleet of real agents that sends its e-mail to the SMTP sink on
+/// `smtp_port`: a 1 s heartbeat, sweeps and retries every 200 ms, plus `extra` (which wins).
+pub async fn fleet_panel(smtp_port: u16, extra: &[(&str, &str)]) -> TestApp {
+    let port = smtp_port.to_string();
+    let mut env = vec![
+        ("SMTP_HOST", "127.0.0.1"),
+        ("SMTP_PORT", port.as_str()),
+        ("SMTP_TLS", "none"),
+        ("EMAIL_FROM", "welcome@panel.example"),
+        ("AGENT_HEARTBEAT_INTERVAL", "1s"),
+        ("JOB_SWEEP_INTERVAL", "200ms"),
+        ("JOB_RETRY_BASE", "200ms"),
+        ("DNS_HOSTMASTER", "hostmaster@example.test"),
+    ];
+    env.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+    env.extend_from_slice(extra);
+    TestApp::spawn_with(&env).await
+}
+
 /// The three servers of a tenant (web, dns, mail) and their real agents, over private
 /// nginx, PowerDNS and mail maps.
 pub struct Fleet3 {

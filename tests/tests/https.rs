@@ -13,9 +13,9 @@ use mpanel_tests::{
     fleet::{hub_addr, wait_job_status},
     panel::{INTERNAL_KEY, TestApp},
     pebble::Pebble,
-    replica::Fleet3,
+    replica::{Fleet3, fleet_panel},
     request_loop::RequestLoop,
-    selling::hosting_offer,
+    selling::{hosting_offer, order_body, place_order},
     smtp::{SmtpSink, free_port},
     wait_for,
     web::WebSandbox,
@@ -34,18 +34,7 @@ async fn account(app: &TestApp, admin: &str, id: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paid_order_ends_with_its_site_on_https_and_an_operator_can_reissue() {
     let smtp = SmtpSink::start().await;
-    let smtp_port = smtp.port().to_string();
-    let app = TestApp::spawn_with(&[
-        ("SMTP_HOST", "127.0.0.1"),
-        ("SMTP_PORT", smtp_port.as_str()),
-        ("SMTP_TLS", "none"),
-        ("EMAIL_FROM", "welcome@panel.example"),
-        ("AGENT_HEARTBEAT_INTERVAL", "1s"),
-        ("JOB_SWEEP_INTERVAL", "200ms"),
-        ("JOB_RETRY_BASE", "200ms"),
-        ("DNS_HOSTMASTER", "hostmaster@example.test"),
-    ])
-    .await;
+    let app = fleet_panel(smtp.port(), &[]).await;
     let org = org_with_roles(&app, "acme", &["SUPER_ADMIN", "SUPPORT"]).await;
     let admin = org.super_admin().token().to_owned();
     let support = org.by_role("SUPPORT").token().to_owned();
@@ -208,22 +197,10 @@ async fn order(
     domain: &str,
     owner: &str,
 ) -> Vec<(String, String)> {
-    let placed = anon(app)
-        .authorization(&format!("Bearer {INTERNAL_KEY}"))
-        .post(
-            "/api/orders",
-            &json!({
-                "tenantSlug": "acme",
-                "customer": { "email": owner, "fullName": "Site Owner" },
-                "planSlug": plan,
-                "totalAmountCents": 149,
-                "currency": "usd",
-                "stripePaymentIntentId": format!("pi_{}", domain.replace('.', "_")),
-                "metadata": { "domain": domain },
-            }),
-        )
-        .await
-        .expect(201);
+    let mut body = order_body("acme", plan);
+    body["customer"]["email"] = json!(owner);
+    body["metadata"]["domain"] = json!(domain);
+    let placed = place_order(app, &body).await;
     let mut jobs = Vec::new();
     for job in placed["jobs"].as_array().unwrap() {
         let id = job["id"].as_str().unwrap();
@@ -231,10 +208,8 @@ async fn order(
             .get(&format!("/api/jobs/{id}"))
             .await
             .expect(200);
-        jobs.push((
-            row["payload"]["kind"].as_str().unwrap().to_owned(),
-            id.to_owned(),
-        ));
+        let kind = row["payload"]["kind"].as_str().unwrap().to_owned();
+        jobs.push((kind, id.to_owned()));
     }
     jobs
 }
@@ -246,21 +221,15 @@ fn job<'a>(jobs: &'a [(String, String)], kind: &str) -> &'a str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_renews_on_its_own_the_panel_hears_of_it_and_admins_are_warned_when_it_cannot() {
     let smtp = SmtpSink::start().await;
-    let smtp_port = smtp.port().to_string();
     // A fixed hub address: the panel is restarted below and its agents dial it again.
     let hub_listen = format!("127.0.0.1:{}", free_port());
-    let mut app = TestApp::spawn_with(&[
-        ("SMTP_HOST", "127.0.0.1"),
-        ("SMTP_PORT", smtp_port.as_str()),
-        ("SMTP_TLS", "none"),
-        ("EMAIL_FROM", "welcome@panel.example"),
-        ("AGENT_HEARTBEAT_INTERVAL", "1s"),
-        ("AGENT_LISTEN_ADDR", hub_listen.as_str()),
-        ("JOB_SWEEP_INTERVAL", "200ms"),
-        ("JOB_RETRY_BASE", "200ms"),
-        ("JOB_MAX_ATTEMPTS", "2"),
-        ("DNS_HOSTMASTER", "hostmaster@example.test"),
-    ])
+    let mut app = fleet_panel(
+        smtp.port(),
+        &[
+            ("AGENT_LISTEN_ADDR", hub_listen.as_str()),
+            ("JOB_MAX_ATTEMPTS", "2"),
+        ],
+    )
     .await;
     let org = org_with_roles(&app, "acme", &["SUPER_ADMIN"]).await;
     let admin = org.super_admin().token().to_owned();

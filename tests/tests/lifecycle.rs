@@ -12,7 +12,7 @@ use mpanel_tests::{
     fleet::{hub_addr, wait_job_status},
     panel::{INTERNAL_KEY, TestApp, wait_for},
     pdns::Pdns,
-    replica::Fleet3,
+    replica::{Fleet3, fleet_panel},
     selling::{deliver_event, fresh_event_id, hosting_offer},
     smtp::SmtpSink,
 };
@@ -37,18 +37,7 @@ struct Setup {
 impl Setup {
     async fn start(domain: &str, grace_secs: i64, warning_secs: i64, retention_secs: i64) -> Setup {
         let smtp = SmtpSink::start().await;
-        let smtp_port = smtp.port().to_string();
-        let app = TestApp::spawn_with(&[
-            ("SMTP_HOST", "127.0.0.1"),
-            ("SMTP_PORT", smtp_port.as_str()),
-            ("SMTP_TLS", "none"),
-            ("EMAIL_FROM", "billing@panel.example"),
-            ("AGENT_HEARTBEAT_INTERVAL", "1s"),
-            ("JOB_SWEEP_INTERVAL", "200ms"),
-            ("JOB_RETRY_BASE", "200ms"),
-            ("DNS_HOSTMASTER", "hostmaster@example.test"),
-        ])
-        .await;
+        let app = fleet_panel(smtp.port(), &[("EMAIL_FROM", "billing@panel.example")]).await;
         let org = org_with_roles(&app, "acme", &["SUPER_ADMIN"]).await;
         let admin = org.super_admin().token().to_owned();
         let hub = hub_addr(&app).await;

@@ -15,6 +15,7 @@ use mpanel_tests::{
     panel::INTERNAL_KEY,
     pdns::{API_KEY, Pdns},
     pebble::Pebble,
+    replica::fleet_panel,
     selling::hosting_offer,
     smtp::SmtpSink,
     wait_for,
@@ -39,19 +40,7 @@ async fn a_paid_hosting_order_becomes_a_live_site_then_is_suspended_and_terminat
     let root = pebble.root();
     let mail_dir = tempfile::tempdir().unwrap();
     let smtp = SmtpSink::start().await;
-    let smtp_port = smtp.port().to_string();
-    let app = TestApp::spawn_with(&[
-        ("SMTP_HOST", "127.0.0.1"),
-        ("SMTP_PORT", smtp_port.as_str()),
-        ("SMTP_TLS", "none"),
-        ("EMAIL_FROM", "welcome@panel.example"),
-        ("AGENT_HEARTBEAT_INTERVAL", "1s"),
-        ("JOB_SWEEP_INTERVAL", "200ms"),
-        ("JOB_RETRY_BASE", "200ms"),
-        ("JOB_MAX_ATTEMPTS", "20"),
-        ("DNS_HOSTMASTER", "hostmaster@example.test"),
-    ])
-    .await;
+    let app = fleet_panel(smtp.port(), &[("JOB_MAX_ATTEMPTS", "20")]).await;
     let acme = org_with_roles(&app, "acme", &["SUPER_ADMIN", "SUPPORT"]).await;
     let admin = acme.super_admin().token().to_owned();
     let support = acme.by_role("SUPPORT").token().to_owned();
