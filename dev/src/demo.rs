@@ -1,8 +1,8 @@
 //! The demo, step by step: the real panel on its own database and Redis prefix, a local
 //! SMTP sink, the demo's tenant and operator, a real agent per role whose software is
-//! installed ([`Fleet`]), one paid order followed until its site, zone and welcome e-mail
-//! are live, and how to see each. Every step is printed as it happens; [`Demo::stop`] takes
-//! it all down again.
+//! installed ([`Fleet`]), one paid order followed until its site (on HTTPS too where pebble
+//! is installed), zone and welcome e-mail are live, and how to see each. Every step is
+//! printed as it happens; [`Demo::stop`] takes it all down again.
 
 use std::{
     sync::Arc,
@@ -15,7 +15,7 @@ use mpanel_tests::{TestApp, panel::delete_redis_keys, smtp::SmtpSink};
 use crate::{
     fleet::Fleet,
     mailcatch::{Catcher, Caught},
-    order::{self, DOMAIN, MAILBOX, OPERATOR},
+    order::{self, Certificate, DOMAIN, MAILBOX, OPERATOR},
     tools::{self, Role},
     watch,
 };
@@ -61,6 +61,7 @@ impl Demo {
             .into_iter()
             .filter(|r| !simulated.contains(r))
             .collect();
+        let https_off = tools::https_off(&simulated);
 
         let sink = Arc::new(SmtpSink::start().await);
         let caught = Catcher::new(options.workdir.join("mail"))?;
@@ -80,7 +81,7 @@ impl Demo {
         )
         .await;
         let operator = order::operator(&app).await;
-        let fleet = Fleet::start(&app, &operator.token, &real).await?;
+        let fleet = Fleet::start(&app, &operator.token, &real, https_off.is_none()).await?;
         let demo = Demo {
             app,
             redis_prefix: options.redis_prefix,
@@ -89,12 +90,21 @@ impl Demo {
             catcher,
         };
 
-        let placed = order::place(&demo.app, &operator.token, &internal_key).await?;
+        let https = demo.fleet.acme.is_some();
+        let placed = order::place(&demo.app, &operator.token, &internal_key, https).await?;
         watch::jobs(&demo.app, &operator.token, &placed.jobs, STEP).await?;
         let mail = caught.wait(1, STEP).await.context("the welcome e-mail")?;
         demo.wait_live(&simulated).await?;
+        let certificate = match https {
+            true => Some(order::certificate(&demo.app, &operator.token).await?),
+            false => None,
+        };
 
-        demo.print_how_to_see(&simulated, &mail, &operator.password);
+        let https = match &certificate {
+            Some(certificate) => Ok(certificate),
+            None => Err(https_off.as_deref().unwrap_or("off")),
+        };
+        demo.print_how_to_see(&simulated, https, &mail, &operator.password);
         demo.print_lifecycle(&placed.subscription_id, &internal_key);
         let pids: Vec<String> = demo.pids().iter().map(u32::to_string).collect();
         println!("pids: {}", pids.join(" "));
@@ -107,16 +117,45 @@ impl Demo {
     async fn wait_live(&self, simulated: &[Role]) -> anyhow::Result<()> {
         let deadline = Instant::now() + STEP;
         if let Some(web) = &self.fleet.web {
+            // A site with a certificate redirects its HTTP to HTTPS.
+            let https = self.fleet.acme.is_some();
             loop {
-                if let Some((200, body)) = web.get(DOMAIN) {
-                    println!("nginx serves {DOMAIN}: 200, {} bytes", body.len());
-                    break;
+                match web.get(DOMAIN) {
+                    Some((200, body)) if !https => {
+                        println!("nginx serves {DOMAIN}: 200, {} bytes", body.len());
+                        break;
+                    }
+                    Some((301, _)) if https => {
+                        println!("nginx redirects http://{DOMAIN}/ to HTTPS: 301");
+                        break;
+                    }
+                    _ => {}
                 }
                 if Instant::now() > deadline {
                     bail!(
                         "nginx did not serve {DOMAIN} in time (last: {:?})",
                         web.get(DOMAIN)
                     );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        if let (Some(web), Some(acme)) = (&self.fleet.web, &self.fleet.acme) {
+            loop {
+                let got = web.get_https(DOMAIN, &acme.root);
+                if let Ok((200, body)) = &got
+                    && body.contains(DOMAIN)
+                {
+                    println!(
+                        "nginx serves https://{DOMAIN}:{}/: 200, {} bytes, its chain verified \
+                         up to pebble's root",
+                        web.https_port,
+                        body.len()
+                    );
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("nginx did not serve {DOMAIN} over HTTPS in time (last: {got:?})");
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -139,16 +178,29 @@ impl Demo {
         Ok(())
     }
 
-    fn print_how_to_see(&self, simulated: &[Role], mail: &[Caught], password: &str) {
+    /// `https`: the site's certificate, or why it has none.
+    fn print_how_to_see(
+        &self,
+        simulated: &[Role],
+        https: Result<&Certificate, &str>,
+        mail: &[Caught],
+        password: &str,
+    ) {
         println!();
         println!("How to see the result:");
         match &self.fleet.web {
+            Some(web) if https.is_ok() => println!(
+                "site: curl -H 'Host: {DOMAIN}' http://127.0.0.1:{}/ (301: it redirects to its \
+                 HTTPS, next line)",
+                web.port
+            ),
             Some(web) => println!(
                 "site: curl -H 'Host: {DOMAIN}' http://127.0.0.1:{}/",
                 web.port
             ),
             None => println!("site: simulated, nothing serves it (a real one needs nginx-light)"),
         }
+        self.print_https(https);
         match &self.fleet.pdns {
             Some(pdns) if !simulated.contains(&Role::Dns) => {
                 println!("zone: dig @127.0.0.1 -p {} {DOMAIN} SOA", pdns.dns_port);
@@ -190,6 +242,30 @@ impl Demo {
             "       then: curl -H \"Authorization: Bearer $TOKEN\" http://{}/api/jobs",
             self.app.addr
         );
+        if let Ok(certificate) = https {
+            println!(
+                "       and the site's certificate (its ssl): curl -H \"Authorization: Bearer \
+                 $TOKEN\" http://{}/api/hosting/accounts/{}",
+                self.app.addr, certificate.account_id
+            );
+        }
+    }
+
+    /// How to see the site over HTTPS and its certificate's state, or why it has none.
+    fn print_https(&self, https: Result<&Certificate, &str>) {
+        match (&self.fleet.web, &self.fleet.acme, https) {
+            (Some(web), Some(acme), Ok(certificate)) => {
+                let port = web.https_port;
+                println!(
+                    "https: curl --cacert {} --resolve {DOMAIN}:{port}:127.0.0.1 \
+                     https://{DOMAIN}:{port}/",
+                    acme.root.display()
+                );
+                println!("certificate: {}", certificate.describe());
+            }
+            (_, _, Err(off)) => println!("https: {off}"),
+            _ => println!("https: off"),
+        }
     }
 
     /// How to try the subscription's lifecycle on the sample order.

@@ -1,8 +1,15 @@
 //! The demo's servers: for each role that runs for real, its sandbox (a private nginx,
 //! PowerDNS with sqlite3, or the Postfix maps plus a Dovecot), a server row made through the
-//! API and a real agent enrolled with a one-time token and started.
+//! API and a real agent enrolled with a one-time token and started. With HTTPS, the web
+//! agent's ACME directory is a local pebble whose DNS resolves the demo's domain to the web
+//! sandbox, as in the harness's HTTPS test.
 
-use std::{net::SocketAddr, os::unix::fs::PermissionsExt, path::Path, time::Duration};
+use std::{
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use mpanel_tests::{
@@ -11,11 +18,25 @@ use mpanel_tests::{
     dovecot::Dovecot,
     fleet::{AgentProc, add_server, enrollment_token, hub_addr},
     pdns::{API_KEY, Pdns},
+    pebble::{CHALLTESTSRV, PEBBLE, Pebble},
     web::WebSandbox,
 };
 use tokio::time::Instant;
 
-use crate::tools::Role;
+use crate::{order::DOMAIN, tools::Role};
+
+/// How long the demo's certificates are valid: Let's Encrypt's 90 days, so the agent's
+/// renewal (at two thirds of it) never happens while one watches.
+const CERTIFICATE_VALIDITY_SECS: u64 = 90 * 24 * 3600;
+
+/// The local ACME test CA the web agent gets the site's certificate from.
+pub struct Acme {
+    pub pebble: Pebble,
+    /// pebble's root (PEM) in its directory under the work directory, for curl.
+    pub root: PathBuf,
+    /// pebble's and its DNS's processes (the harness does not say them).
+    pub pids: Vec<u32>,
+}
 
 /// The sandboxes and agents of the roles that run for real (`None`: simulated).
 #[derive(Default)]
@@ -24,17 +45,24 @@ pub struct Fleet {
     pub pdns: Option<Pdns>,
     pub mail_dir: Option<tempfile::TempDir>,
     pub dovecot: Option<Dovecot>,
+    /// With HTTPS (a real web role and pebble installed).
+    pub acme: Option<Acme>,
     pub agents: Vec<AgentProc>,
 }
 
 impl Fleet {
     /// Starts `roles` through `app` as the operator `admin`, and waits until their agents
-    /// are online.
-    pub async fn start(app: &TestApp, admin: &str, roles: &[Role]) -> anyhow::Result<Fleet> {
+    /// are online; with `https` the web agent gets its certificates from a local pebble.
+    pub async fn start(
+        app: &TestApp,
+        admin: &str,
+        roles: &[Role],
+        https: bool,
+    ) -> anyhow::Result<Fleet> {
         let mut fleet = Fleet::default();
         let hub = hub_addr(app).await;
         for role in roles {
-            fleet.start_role(app, admin, hub, *role).await?;
+            fleet.start_role(app, admin, hub, *role, https).await?;
         }
         if let Some(dir) = &fleet.mail_dir {
             let users = dir.path().join("users");
@@ -57,16 +85,32 @@ impl Fleet {
         admin: &str,
         hub: SocketAddr,
         role: Role,
+        https: bool,
     ) -> anyhow::Result<()> {
         let (name, server_role, ip, config) = match role {
             Role::Web => {
                 let web = WebSandbox::start();
-                println!(
-                    "web: nginx on 127.0.0.1:{} (sandbox {})",
-                    web.port,
-                    web.dir.path().display()
-                );
-                let config = format!("roles = [\"web\"]\n{}", web.agent_toml());
+                let web_toml = if https {
+                    println!(
+                        "web: nginx on 127.0.0.1:{}, its sites' HTTPS on :{} (sandbox {})",
+                        web.port,
+                        web.https_port,
+                        web.dir.path().display()
+                    );
+                    let acme = start_acme(web.port);
+                    let web_toml =
+                        web.agent_toml_acme(&acme.pebble.directory(), &acme.pebble.tls_ca());
+                    self.acme = Some(acme);
+                    web_toml
+                } else {
+                    println!(
+                        "web: nginx on 127.0.0.1:{} (sandbox {})",
+                        web.port,
+                        web.dir.path().display()
+                    );
+                    web.agent_toml()
+                };
+                let config = format!("roles = [\"web\"]\n{web_toml}");
                 self.web = Some(web);
                 ("srv1-web", "WEB", "192.0.2.80", config)
             }
@@ -119,7 +163,8 @@ impl Fleet {
         Ok(())
     }
 
-    /// The processes it runs: the agents, nginx's master, PowerDNS, Dovecot.
+    /// The processes it runs: the agents, nginx's master, PowerDNS, Dovecot, pebble and its
+    /// DNS.
     pub fn pids(&self) -> Vec<u32> {
         let mut pids: Vec<u32> = self.agents.iter().map(|a| a.pid() as u32).collect();
         if let Some(web) = &self.web
@@ -135,11 +180,15 @@ impl Fleet {
         if let Some(dovecot) = &self.dovecot {
             pids.push(dovecot.pid());
         }
+        if let Some(acme) = &self.acme {
+            pids.extend(&acme.pids);
+        }
         pids
     }
 
-    /// Stops the agents and Dovecot and waits for them; nginx and PowerDNS stop when their
-    /// sandboxes are dropped, which removes every sandbox directory.
+    /// Stops the agents and Dovecot and waits for them, then pebble (killed and waited for
+    /// when dropped, its directory removed); nginx and PowerDNS stop when their sandboxes are
+    /// dropped, which removes every sandbox directory.
     pub async fn stop(mut self) {
         for agent in &mut self.agents {
             agent.terminate().await;
@@ -147,7 +196,56 @@ impl Fleet {
         if let Some(mut dovecot) = self.dovecot.take() {
             dovecot.stop();
         }
+        drop(self.acme.take());
     }
+}
+
+/// pebble fetching its HTTP-01 challenges from the web sandbox's nginx on `http_port`, its
+/// DNS pointing the demo's domain and its `www.` at that nginx, and its root written to a
+/// file (it changes at every start).
+fn start_acme(http_port: u16) -> Acme {
+    let pebble = Pebble::start(http_port, CERTIFICATE_VALIDITY_SECS);
+    let www = format!("www.{DOMAIN}");
+    for host in [DOMAIN, www.as_str()] {
+        pebble.point(host, "127.0.0.1");
+    }
+    let root = pebble.root();
+    let pids = children_running(&[PEBBLE, CHALLTESTSRV]);
+    let shown: Vec<String> = pids.iter().map(u32::to_string).collect();
+    println!(
+        "acme: pebble, a local ACME test CA, at {} (its DNS resolves {DOMAIN} and {www} to the \
+         web sandbox's 127.0.0.1; pids {})",
+        pebble.directory(),
+        shown.join(" "),
+    );
+    Acme { pebble, root, pids }
+}
+
+/// This process's children whose executable is one of `executables` (from `/proc`).
+fn children_running(executables: &[&str]) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // `pid (comm) state ppid …`: the command may hold spaces and parentheses.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(me)
+        })
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| executables.iter().any(|e| exe == Path::new(e)))
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
 }
 
 /// Waits until `n` agents are online, as the API says.

@@ -6,7 +6,8 @@
 //! everything it made (processes, database, Redis keys, files) and exits 0.
 //!
 //! Machine-readable lines for scripts and the test: `workdir: `, `database: `,
-//! `redis prefix: `, `pids: `, `site: `, `zone: `, `welcome e-mail: `, `imap: `, `login: `.
+//! `redis prefix: `, `pids: `, `site: `, `https: `, `certificate: `, `zone: `,
+//! `welcome e-mail: `, `imap: `, `login: `.
 
 mod binaries;
 mod demo;
@@ -47,8 +48,9 @@ use crate::{
                   Redis (its own database and key prefix), one real agent per role whose \
                   software is installed (nginx, PowerDNS, Postfix maps + Dovecot; the others are \
                   simulated), a local SMTP sink, a demo tenant, operator and catalog, places a \
-                  sample paid order and prints each step and how to see its result. Ctrl-C \
-                  stops and removes everything it made.",
+                  sample paid order and prints each step and how to see its result. With pebble \
+                  installed the site also gets an HTTPS certificate from a local ACME test CA. \
+                  Ctrl-C stops and removes everything it made.",
     after_help = "Examples:\n  cargo run -p mpanel-dev\n  cargo run -p mpanel-dev -- --verbose --simulate mail"
 )]
 struct Cli {

@@ -1,6 +1,7 @@
 //! The demo's tenant, operator, catalog and sample paid order, all made the way they are in
 //! production: `mpanel create-admin`, the admin API, and `POST /api/orders` from the
-//! "marketing site" with the internal key.
+//! "marketing site" with the internal key; and the order's site certificate as the API shows
+//! it.
 
 use anyhow::bail;
 use mpanel_tests::{
@@ -8,7 +9,7 @@ use mpanel_tests::{
     api::{authed, login},
     selling::{Key, hosting_offer_ssl, post_order_with},
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 pub const TENANT: &str = "demo";
 pub const OPERATOR: &str = "admin@demo.example";
@@ -48,8 +49,14 @@ pub struct Placed {
 /// suspends the site while one watches.
 pub const GRACE_SECS: u32 = 60;
 
-/// A shared-hosting product and plan with one mailbox, then a paid order for it.
-pub async fn place(app: &TestApp, admin: &str, internal_key: &str) -> anyhow::Result<Placed> {
+/// A shared-hosting product and plan with one mailbox, and HTTPS if `ssl` (said either way:
+/// a plan that does not say gets HTTPS), then a paid order for it.
+pub async fn place(
+    app: &TestApp,
+    admin: &str,
+    internal_key: &str,
+    ssl: bool,
+) -> anyhow::Result<Placed> {
     let policy = authed(app, admin)
         .put(
             "/api/subscriptions/policy",
@@ -68,11 +75,12 @@ pub async fn place(app: &TestApp, admin: &str, internal_key: &str) -> anyhow::Re
         "lifecycle policy: suspended {GRACE_SECS} s after a failed payment, terminated 600 s \
          after a cancellation (PUT /api/subscriptions/policy)"
     );
-    let offer = hosting_offer_ssl(app, admin, 1, false).await;
+    let offer = hosting_offer_ssl(app, admin, 1, ssl).await;
     println!(
-        "catalog: product {} (SHARED_HOSTING), plan {} at 1.49 usd a month with 1 mailbox",
+        "catalog: product {} (SHARED_HOSTING), plan {} at 1.49 usd a month with 1 mailbox, {}",
         offer.product["slug"].as_str().unwrap_or("?"),
-        offer.plan_slug()
+        offer.plan_slug(),
+        if ssl { "and HTTPS" } else { "on HTTP only" }
     );
     let placed = post_order_with(
         app,
@@ -115,5 +123,64 @@ pub async fn place(app: &TestApp, admin: &str, internal_key: &str) -> anyhow::Re
             .unwrap_or_default()
             .to_owned(),
         jobs,
+    })
+}
+
+/// The order's site certificate, as `GET /api/hosting/accounts/{id}` shows it.
+pub struct Certificate {
+    pub account_id: String,
+    /// The account's `ssl`: status, issuer, names, notAfter, renewAt, lastError …
+    pub ssl: Value,
+}
+
+impl Certificate {
+    /// One line: its status, issuer, names and validity, or why it failed.
+    pub fn describe(&self) -> String {
+        let ssl = &self.ssl;
+        let text = |key: &str| ssl[key].as_str().unwrap_or("?").to_owned();
+        let names: Vec<&str> = ssl["names"]
+            .as_array()
+            .map(|names| names.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut line = format!(
+            "{}, issued by {} for {}, valid until {} (its agent renews it from {})",
+            text("status"),
+            text("issuer"),
+            names.join(" "),
+            text("notAfter"),
+            text("renewAt")
+        );
+        if let Some(error) = ssl["lastError"].as_str() {
+            line.push_str(&format!(" — last error: {error}"));
+        }
+        line
+    }
+}
+
+/// The sample site's hosting account and its certificate.
+pub async fn certificate(app: &TestApp, admin: &str) -> anyhow::Result<Certificate> {
+    let accounts = authed(app, admin)
+        .get(&format!("/api/hosting/accounts?domain={DOMAIN}"))
+        .await;
+    let Some(account_id) = accounts.body["items"][0]["id"].as_str() else {
+        bail!(
+            "no hosting account for {DOMAIN}: {} {}",
+            accounts.status,
+            accounts.body
+        );
+    };
+    let account = authed(app, admin)
+        .get(&format!("/api/hosting/accounts/{account_id}"))
+        .await;
+    if account.status != 200 || !account.body["ssl"].is_object() {
+        bail!(
+            "the hosting account of {DOMAIN} shows no certificate: {} {}",
+            account.status,
+            account.body
+        );
+    }
+    Ok(Certificate {
+        account_id: account_id.to_owned(),
+        ssl: account.body["ssl"].clone(),
     })
 }

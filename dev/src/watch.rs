@@ -47,7 +47,8 @@ pub async fn jobs(
     }
 }
 
-/// One line for a job's state: status, attempt, where it ran, why it waits.
+/// One line for a job's state: status, attempt, where it ran, what it is for when its type
+/// does not say (the certificate is a PROVISION_HOSTING job too), why it waits.
 fn describe(kind: &str, job: &Value) -> String {
     let mut line = format!(
         "job {kind}: {} (attempt {})",
@@ -58,6 +59,9 @@ fn describe(kind: &str, job: &Value) -> String {
         line.push_str(", simulated");
     } else if let Some(server) = job["result"]["serverId"].as_str() {
         line.push_str(&format!(", on server {server}"));
+    }
+    if job["payload"]["kind"] == "orderCertificate" {
+        line.push_str(", the site's certificate");
     }
     if job["status"] != "SUCCESS"
         && let Some(err) = job["lastError"].as_str()

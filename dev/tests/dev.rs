@@ -1,7 +1,9 @@
 //! `mpanel-dev`, README's first command, run as a user would: it becomes ready with a live
-//! site (nginx), zone (PowerDNS, `dig`) and welcome e-mail whose mailbox password opens the
-//! mailbox over IMAP (Dovecot); Ctrl-C then leaves nothing behind — no process, database,
-//! Redis key or file. And both binaries print shell completions naming their subcommands.
+//! site (nginx) — on HTTPS too, with a certificate chaining to a local pebble's root, where
+//! pebble is installed (CI installs it) — zone (PowerDNS, `dig`) and welcome e-mail whose
+//! mailbox password opens the mailbox over IMAP (Dovecot); Ctrl-C then leaves nothing behind
+//! — no process (pebble's neither), database, Redis key or file. And both binaries print
+//! shell completions naming their subcommands.
 
 use std::{
     io::{Read, Write},
@@ -18,6 +20,7 @@ use std::{
 use mpanel_tests::{
     dovecot::imap_login,
     panel::{command, http_client, redis_url},
+    pebble::{CHALLTESTSRV, PEBBLE},
     smtp::Received,
     wait_for,
 };
@@ -46,7 +49,7 @@ fn after<'a>(text: &'a str, marker: &str) -> &'a str {
     rest.split_whitespace().next().unwrap_or("")
 }
 
-/// `GET /` through nginx with `Host: host`: status line and body.
+/// `GET /` through nginx with `Host: host`: the head (status line and headers) and body.
 fn http_get(port: u16, host: &str) -> (String, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to nginx");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -54,10 +57,50 @@ fn http_get(port: u16, host: &str) -> (String, String) {
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (
-        head.lines().next().unwrap_or("").to_owned(),
-        body.to_owned(),
-    )
+    (head.to_owned(), body.to_owned())
+}
+
+/// Whether the site gets HTTPS from a local pebble (the demo says so when it is missing).
+fn pebble_installed() -> bool {
+    [PEBBLE, CHALLTESTSRV]
+        .iter()
+        .all(|tool| Path::new(tool).exists())
+}
+
+/// A shell command the demo printed, run as printed with `extra` appended: its stdout, or
+/// its failure.
+fn run_printed(command: &str, extra: &str) -> Result<String, String> {
+    let ran = std::process::Command::new("sh")
+        .args(["-c", &format!("{command} {extra}")])
+        .output()
+        .expect("sh runs");
+    if !ran.status.success() {
+        return Err(format!(
+            "{command}: {}: {}",
+            ran.status,
+            String::from_utf8_lossy(&ran.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&ran.stdout).into_owned())
+}
+
+/// The live processes running pebble or its DNS that were started under `workdir` (their
+/// environment's TMPDIR), whoever started them.
+fn pebbles_under(workdir: &Path) -> Vec<i32> {
+    let tmpdir = format!("TMPDIR={}", workdir.display()).into_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe == Path::new(PEBBLE) || exe == Path::new(CHALLTESTSRV))
+        })
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == tmpdir))
+        })
+        .filter(|pid| alive(*pid))
+        .collect()
 }
 
 /// Whether `pid` is still a live process (a zombie awaiting its reaper is not).
@@ -191,16 +234,65 @@ async fn mpanel_dev_shows_a_live_site_zone_and_mailbox_and_leaves_nothing_behind
         );
     }
 
-    // The site, through the nginx it names, with the Host header it names.
+    // The site, through the nginx it names, with the Host header it names: served, or with
+    // a certificate redirected to its HTTPS.
+    let https = pebble_installed();
     let site = value(&out, "site");
     let domain = after(site, "Host: ").trim_end_matches('\'').to_owned();
     let web_port: u16 = after(site, "http://127.0.0.1:")
         .trim_end_matches('/')
         .parse()
         .unwrap();
-    let (status, body) = http_get(web_port, &domain);
-    assert!(status.contains(" 200 "), "{status}");
-    assert!(body.contains(&domain), "{body}");
+    let (head, body) = http_get(web_port, &domain);
+    if https {
+        assert!(head.starts_with("HTTP/1.1 301 "), "{head}");
+        assert!(
+            head.contains(&format!("Location: https://{domain}:")),
+            "{head}"
+        );
+    } else {
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(body.contains(&domain), "{body}");
+    }
+    let workdir = PathBuf::from(value(&out, "workdir"));
+
+    // HTTPS, with the curl it prints: for the apex and www, verified against the root it
+    // names, which is pebble's and lives in the work directory.
+    let https_line = value(&out, "https");
+    if https {
+        let root = PathBuf::from(after(https_line, "--cacert "));
+        assert!(root.starts_with(&workdir), "{https_line}");
+        let subject = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-subject", "-in"])
+            .arg(&root)
+            .output()
+            .expect("openssl runs");
+        let subject = String::from_utf8_lossy(&subject.stdout);
+        assert!(
+            subject.contains("Pebble Root CA"),
+            "{}: {subject}",
+            root.display()
+        );
+        for host in [domain.clone(), format!("www.{domain}")] {
+            let command = https_line.replace(&domain, &host);
+            let answer = run_printed(&command, "-sS -w '\\n%{http_code}'").unwrap();
+            let (body, status) = answer.rsplit_once('\n').unwrap();
+            assert_eq!(status, "200", "{command}: {answer}");
+            assert!(body.contains(&domain), "{command}: {body}");
+        }
+        let certificate = value(&out, "certificate");
+        assert!(certificate.starts_with("ACTIVE, "), "{certificate}");
+        assert!(certificate.contains("Pebble"), "{certificate}");
+        assert!(
+            certificate.contains(&format!(" for {domain} www.{domain},")),
+            "{certificate}"
+        );
+    } else {
+        assert!(
+            https_line.starts_with("off, ") && https_line.contains("pebble"),
+            "{https_line}"
+        );
+    }
 
     // The zone, from the PowerDNS it names.
     let zone = value(&out, "zone");
@@ -226,6 +318,11 @@ async fn mpanel_dev_shows_a_live_site_zone_and_mailbox_and_leaves_nothing_behind
     let mail = read_eml(&mail_path);
     assert!(mail.subject().contains(&domain), "{}", mail.subject());
     let text = mail.text();
+    let scheme = if https { "https" } else { "http" };
+    assert!(
+        text.contains(&format!("Address:      {scheme}://{domain}/")),
+        "{text}"
+    );
     let mailbox = format!("info@{domain}");
     let password = text
         .lines()
@@ -275,20 +372,59 @@ async fn mpanel_dev_shows_a_live_site_zone_and_mailbox_and_leaves_nothing_behind
         .await
         .unwrap();
     assert_eq!(res.status(), 200, "{login_url}");
+    let token = res.json::<serde_json::Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The certificate's state, with the authenticated curl it prints (the login's token).
+    if https {
+        let line = out
+            .iter()
+            .find(|l| l.contains("the site's certificate (its ssl): curl"))
+            .unwrap_or_else(|| panic!("no curl for the certificate's state:\n{}", out.join("\n")));
+        let command = &line[line.find("curl").unwrap()..];
+        let answer = run_printed(&format!("TOKEN='{token}'; {command}"), "-sS").unwrap();
+        let account: serde_json::Value =
+            serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{command}: {e}: {answer}"));
+        let ssl = &account["ssl"];
+        assert_eq!(ssl["status"], "ACTIVE", "{account}");
+        assert!(
+            ssl["issuer"].as_str().unwrap_or("").contains("Pebble"),
+            "{ssl}"
+        );
+        let mut names: Vec<&str> = ssl["names"]
+            .as_array()
+            .map(|names| names.iter().filter_map(|n| n.as_str()).collect())
+            .unwrap_or_default();
+        names.sort_unstable();
+        assert_eq!(names, [domain.clone(), format!("www.{domain}")], "{ssl}");
+    }
 
     // Ctrl-C: everything stops and goes.
     let database = value(&out, "database").to_owned();
     let prefix = value(&out, "redis prefix").to_owned();
-    let workdir = PathBuf::from(value(&out, "workdir"));
     let pids: Vec<i32> = value(&out, "pids")
         .split_whitespace()
         .map(|p| p.parse().unwrap())
         .collect();
-    assert!(
-        pids.len() >= 7,
-        "panel, 3 agents, nginx, PowerDNS, Dovecot: {pids:?}"
-    );
+    let (least, started) = match https {
+        true => (
+            9,
+            "panel, 3 agents, nginx, PowerDNS, Dovecot, pebble and its DNS",
+        ),
+        false => (7, "panel, 3 agents, nginx, PowerDNS, Dovecot"),
+    };
+    assert!(pids.len() >= least, "{started}: {pids:?}");
     assert!(pids.iter().all(|p| alive(*p)), "{pids:?}");
+    let pebbles = pebbles_under(&workdir);
+    if https {
+        assert_eq!(pebbles.len(), 2, "pebble and its DNS: {pebbles:?}");
+        assert!(
+            pebbles.iter().all(|p| pids.contains(p)),
+            "pebble's processes {pebbles:?} are not among the pids it prints {pids:?}"
+        );
+    }
     assert!(workdir.is_dir());
     let status = dev.interrupt().await;
     assert!(status.success(), "{status}");
@@ -302,6 +438,8 @@ async fn mpanel_dev_shows_a_live_site_zone_and_mailbox_and_leaves_nothing_behind
 
     let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
     assert!(left.is_empty(), "processes left running: {left:?}");
+    let pebbles = pebbles_under(&workdir);
+    assert!(pebbles.is_empty(), "pebble left running: {pebbles:?}");
     let mut admin = PgConnection::connect(&mpanel_tests::db::admin_url())
         .await
         .unwrap();
@@ -347,8 +485,9 @@ async fn a_role_without_its_tools_is_simulated_while_the_others_run_for_real() {
         .trim_end_matches('/')
         .parse()
         .unwrap();
-    let (status, _) = http_get(web_port, after(site, "Host: ").trim_end_matches('\''));
-    assert!(status.contains(" 200 "), "{status}");
+    let (head, _) = http_get(web_port, after(site, "Host: ").trim_end_matches('\''));
+    let status = if pebble_installed() { " 301 " } else { " 200 " };
+    assert!(head.lines().next().unwrap().contains(status), "{head}");
     // The welcome e-mail still arrives.
     let mail_path = PathBuf::from(value(&out, "welcome e-mail").split(' ').next().unwrap());
     assert!(read_eml(&mail_path).subject().contains("is ready"));
