@@ -38,6 +38,17 @@ pub struct Args {
     /// How long a burst may take before what is not live is reported as such.
     #[arg(long, default_value_t = 300)]
     deadline_secs: u64,
+    /// A setting for the panel, `NAME=VALUE` (repeatable), e.g. `WORKER_CONCURRENCY=4` to
+    /// compare job settings with the same build.
+    #[arg(long = "panel-env", value_parser = name_value)]
+    panel_env: Vec<(String, String)>,
+}
+
+pub fn name_value(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("'{arg}' is not NAME=VALUE")),
+    }
 }
 
 /// The three things an order makes live.
@@ -56,10 +67,16 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         !args.orders.is_empty() && args.orders.iter().all(|n| *n > 0),
         "--orders takes burst sizes of at least 1"
     );
-    let mut report = Report::new(
-        "order-live",
-        json!({ "orders": args.orders, "deadlineSecs": args.deadline_secs }),
-    );
+    let panel_env: serde_json::Map<String, Value> = args
+        .panel_env
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let mut params = json!({ "orders": args.orders, "deadlineSecs": args.deadline_secs });
+    if !panel_env.is_empty() {
+        params["panelEnv"] = Value::Object(panel_env);
+    }
+    let mut report = Report::new("order-live", params);
     setup::note_binaries(&mut report);
     for tool in [POSTMAP, "/usr/bin/dig", mpanel_tests::web::NGINX] {
         ensure!(
@@ -69,7 +86,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         );
     }
 
-    let panel = Panel::start(&[("DNS_HOSTMASTER", "hostmaster@example.test")]).await;
+    let mut env = vec![("DNS_HOSTMASTER", "hostmaster@example.test")];
+    env.extend(args.panel_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let panel = Panel::start(&env).await;
     let hub = hub_addr(&panel.app).await;
     let mut fleet = Fleet3::start(&panel.app, &panel.admin, [&[hub], &[hub], &[hub]]).await;
     let offer = hosting_offer_ssl(&panel.app, &panel.admin, 1, false).await;
@@ -92,7 +111,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     report.note(
         "each order: a new customer and domain, a SHARED_HOSTING plan with one mailbox (3 jobs: \
          zone, site, mailbox), posted through POST /api/orders; all orders of a burst at once; \
-         the panel's default job settings (worker, sweep, retry)",
+         the panel's default job settings (worker, sweep, retry) unless panelEnv says otherwise",
+    );
+    report.note(
+        "at once (a profile, no goal): the most of the burst's jobs claimed by the worker at one \
+         instant (started_at–finished_at, including a wait for a turn at a busy server), and the \
+         most commands in flight to one server (agent_commands created_at–completed_at)",
     );
     report.note(
         "live means: the site answers 200 through the sandbox nginx (GET / with its Host), the zone \
@@ -185,6 +209,7 @@ async fn burst(
     }
 
     let first_attempt = first_attempt_share(panel, &orders, deadline).await?;
+    let (jobs_at_once, commands_at_once) = at_once(panel, &orders).await?;
     let mut rows = Vec::new();
     let label = if n == 1 {
         "1 order alone".to_owned()
@@ -257,7 +282,58 @@ async fn burst(
         )
         .goal(Goal::at_least(100.0)),
     );
+    rows.push(Row::new(
+        format!("{label}: most jobs claimed at once"),
+        Some(Figure::count(jobs_at_once, "")),
+    ));
+    rows.push(Row::new(
+        format!("{label}: most commands in flight to one server"),
+        Some(Figure::count(commands_at_once, "")),
+    ));
     Ok(rows)
+}
+
+/// The most of the burst's jobs claimed at one instant, and the most of their commands in
+/// flight to one server at one instant (an interval ending where another begins does not
+/// overlap it).
+async fn at_once(panel: &Panel, orders: &[Tracked]) -> anyhow::Result<(i64, i64)> {
+    let ids: Vec<uuid::Uuid> = orders
+        .iter()
+        .map(|o| o.order_id.parse())
+        .collect::<Result<_, _>>()
+        .context("order ids are uuids")?;
+    let pool = panel.app.db.pool().await;
+    // Each interval as +1 at its start and -1 at its end; a running sum per key, ends
+    // first at one instant.
+    // Built from the constant texts below only.
+    let most = |intervals: &str| {
+        sqlx::AssertSqlSafe(format!(
+            "WITH iv AS ({intervals}),
+                  ev AS (SELECT k, b AS t, 1 AS d FROM iv UNION ALL SELECT k, e, -1 FROM iv),
+                  run AS (SELECT sum(d) OVER (PARTITION BY k ORDER BY t, d
+                                              ROWS UNBOUNDED PRECEDING) AS open FROM ev)
+             SELECT coalesce(max(open), 0)::int8 FROM run"
+        ))
+    };
+    let jobs: i64 = sqlx::query_scalar(most(
+        "SELECT 0 AS k, started_at AS b, finished_at AS e FROM jobs
+          WHERE order_id = ANY($1) AND started_at IS NOT NULL AND finished_at IS NOT NULL",
+    ))
+    .bind(&ids)
+    .fetch_one(&pool)
+    .await
+    .context("the burst's jobs at once")?;
+    let commands: i64 = sqlx::query_scalar(most(
+        "SELECT c.server_id AS k, c.created_at AS b, c.completed_at AS e
+           FROM agent_commands c JOIN jobs j ON j.id = c.job_id
+          WHERE j.order_id = ANY($1) AND c.completed_at IS NOT NULL",
+    ))
+    .bind(&ids)
+    .fetch_one(&pool)
+    .await
+    .context("the burst's commands at once")?;
+    pool.close().await;
+    Ok((jobs, commands))
 }
 
 /// Where the burst's resources show when they are live.

@@ -10,35 +10,63 @@ use serde::Serialize;
 pub struct Figure {
     pub value: f64,
     pub unit: &'static str,
+    /// A count: shown without decimals.
+    #[serde(skip)]
+    pub whole: bool,
 }
 
 impl Figure {
     pub fn ms(value: f64) -> Figure {
-        Figure { value, unit: "ms" }
+        Figure {
+            value,
+            unit: "ms",
+            whole: false,
+        }
     }
 
     pub fn secs(value: f64) -> Figure {
-        Figure { value, unit: "s" }
+        Figure {
+            value,
+            unit: "s",
+            whole: false,
+        }
     }
 
     pub fn per_sec(value: f64, what: &'static str) -> Figure {
-        Figure { value, unit: what }
+        Figure {
+            value,
+            unit: what,
+            whole: false,
+        }
     }
 
     pub fn of(value: f64, unit: &'static str) -> Figure {
-        Figure { value, unit }
+        Figure {
+            value,
+            unit,
+            whole: false,
+        }
+    }
+
+    /// A number of things (jobs, commands).
+    pub fn count(n: i64, unit: &'static str) -> Figure {
+        Figure {
+            value: n as f64,
+            unit,
+            whole: true,
+        }
     }
 
     fn show(&self) -> String {
         let v = self.value;
-        let digits = if v.abs() >= 100.0 {
+        let digits = if self.whole || v.abs() >= 100.0 {
             0
         } else if v.abs() >= 10.0 {
             1
         } else {
             2
         };
-        format!("{v:.digits$} {}", self.unit)
+        format!("{v:.digits$} {}", self.unit).trim_end().to_owned()
     }
 }
 

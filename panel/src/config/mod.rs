@@ -185,8 +185,18 @@ pub enum DispatcherKind {
 pub struct JobsConfig {
     /// Whether `mpanel serve` also runs a worker (`mpanel worker` runs one alone).
     pub run_worker: bool,
-    /// Jobs one worker process runs at once.
+    /// Jobs one worker process has claimed at once (`WORKER_CONCURRENCY`). Most of them wait
+    /// on agents, which costs a task and no database connection, so this may be well above
+    /// the pool.
     pub concurrency: usize,
+    /// Of those, how many do work of the panel's own at once — database, hashing
+    /// (`JOB_ACTIVE_MAX`, at most `concurrency`): a job waiting for its turn at a server or
+    /// for its agent's answer holds none ([`crate::jobs::dispatcher::Slot`]).
+    pub active_max: usize,
+    /// Commands one worker process has in flight to one server's agent at once
+    /// (`JOB_MAX_PER_SERVER`); further jobs for that server wait for their turn
+    /// (`jobs::agent::run_on`).
+    pub max_per_server: usize,
     /// How long a worker holds a job before others may take it over; renewed while it runs.
     pub lease: Duration,
     pub max_attempts: i32,
@@ -418,7 +428,9 @@ impl Config {
 
         let jobs = JobsConfig {
             run_worker: r.boolean("RUN_WORKER", true),
-            concurrency: r.number("WORKER_CONCURRENCY", 4usize),
+            concurrency: r.number("WORKER_CONCURRENCY", DEFAULT_WORKER_CONCURRENCY),
+            active_max: r.number("JOB_ACTIVE_MAX", DEFAULT_JOB_ACTIVE_MAX),
+            max_per_server: r.number("JOB_MAX_PER_SERVER", DEFAULT_JOB_MAX_PER_SERVER),
             lease: r.duration("JOB_LEASE", Duration::from_secs(60)),
             max_attempts: r.number("JOB_MAX_ATTEMPTS", 5i32),
             retry_base: r.duration("JOB_RETRY_BASE", Duration::from_secs(5)),
@@ -464,8 +476,14 @@ impl Config {
                 mpanel_protocol::EmailAddress::parse(v).map_err(|e| e.to_string())
             }),
         };
-        if !(1..=256).contains(&jobs.concurrency) {
-            r.problem("WORKER_CONCURRENCY: must be between 1 and 256".into());
+        if !(1..=1024).contains(&jobs.concurrency) {
+            r.problem("WORKER_CONCURRENCY: must be between 1 and 1024".into());
+        }
+        if !(1..=256).contains(&jobs.active_max) {
+            r.problem("JOB_ACTIVE_MAX: must be between 1 and 256".into());
+        }
+        if !(1..=256).contains(&jobs.max_per_server) {
+            r.problem("JOB_MAX_PER_SERVER: must be between 1 and 256".into());
         }
         if !(1..=100).contains(&jobs.max_attempts) {
             r.problem("JOB_MAX_ATTEMPTS: must be between 1 and 100".into());
@@ -541,6 +559,15 @@ impl Config {
     }
 }
 
+/// `WORKER_CONCURRENCY`'s default: jobs waiting on agents cost a task each, not a connection.
+pub const DEFAULT_WORKER_CONCURRENCY: usize = 64;
+/// `JOB_ACTIVE_MAX`'s default: the panel's own work for jobs (database round trips, argon2
+/// hashes of 64 MiB) a few at a time, well within the pool and the cores of a small host.
+pub const DEFAULT_JOB_ACTIVE_MAX: usize = 4;
+/// `JOB_MAX_PER_SERVER`'s default: enough to keep an agent's queue full (the web agent runs
+/// its commands one at a time), few enough that one busy server cannot take every slot.
+pub const DEFAULT_JOB_MAX_PER_SERVER: usize = 8;
+
 /// Every environment variable the panel reads, declared once: [`Config::from_vars`] may read
 /// no other (checked in debug builds), `.env.example` documents each (a test compares them),
 /// and the test harness clears exactly these before it starts a panel.
@@ -585,6 +612,8 @@ pub const VARIABLES: &[&str] = &[
     "SHUTDOWN_TIMEOUT",
     "RUN_WORKER",
     "WORKER_CONCURRENCY",
+    "JOB_ACTIVE_MAX",
+    "JOB_MAX_PER_SERVER",
     "JOB_LEASE",
     "JOB_MAX_ATTEMPTS",
     "JOB_RETRY_BASE",
@@ -1056,6 +1085,48 @@ mod tests {
         );
         let c = Config::from_vars(&vars(&[("JOB_SIMULATE", "dns,mail")])).unwrap();
         assert_eq!(c.jobs.simulate.len(), 2);
+    }
+
+    #[test]
+    fn worker_concurrency_active_jobs_and_the_per_server_cap_are_bounded() {
+        let c = Config::from_vars(&vars(&[])).unwrap();
+        assert_eq!(
+            (c.jobs.concurrency, c.jobs.active_max, c.jobs.max_per_server),
+            (
+                DEFAULT_WORKER_CONCURRENCY,
+                DEFAULT_JOB_ACTIVE_MAX,
+                DEFAULT_JOB_MAX_PER_SERVER
+            )
+        );
+        // An active limit above the concurrency is allowed (the worker takes the lower).
+        let c = Config::from_vars(&vars(&[
+            ("WORKER_CONCURRENCY", "1024"),
+            ("JOB_ACTIVE_MAX", "256"),
+            ("JOB_MAX_PER_SERVER", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (c.jobs.concurrency, c.jobs.active_max, c.jobs.max_per_server),
+            (1024, 256, 1)
+        );
+        let err = Config::from_vars(&vars(&[("JOB_ACTIVE_MAX", "0")])).unwrap_err();
+        assert_eq!(err.problems, ["JOB_ACTIVE_MAX: must be between 1 and 256"]);
+        for (value, problem) in [
+            ("0", "JOB_MAX_PER_SERVER: must be between 1 and 256"),
+            ("257", "JOB_MAX_PER_SERVER: must be between 1 and 256"),
+            (
+                "eight",
+                "JOB_MAX_PER_SERVER: 'eight' is not a valid number here",
+            ),
+        ] {
+            let err = Config::from_vars(&vars(&[("JOB_MAX_PER_SERVER", value)])).unwrap_err();
+            assert_eq!(err.problems, [problem], "{value}");
+        }
+        let err = Config::from_vars(&vars(&[("WORKER_CONCURRENCY", "1025")])).unwrap_err();
+        assert_eq!(
+            err.problems,
+            ["WORKER_CONCURRENCY: must be between 1 and 1024"]
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use mpanel_protocol::messages::{CommandEnvelope, Outcome, PanelMessage};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::tls::RevokedSerials;
+use super::{tls::RevokedSerials, turns::ServerTurns};
 
 /// What the hub's connection task is asked to do from outside.
 #[derive(Debug)]
@@ -103,6 +103,8 @@ pub struct Fleet {
     /// This process among the panel's processes: the `sender` of its commands, in logs and
     /// in the presence record.
     pub replica: String,
+    /// How many commands this process's jobs have in flight to each server.
+    pub turns: ServerTurns,
     inner: Mutex<Inner>,
     next_conn: AtomicU64,
 }
@@ -123,6 +125,7 @@ impl Fleet {
                 std::process::id(),
                 &Uuid::new_v4().simple().to_string()[..8]
             ),
+            turns: ServerTurns::default(),
             inner: Mutex::new(Inner::default()),
             next_conn: AtomicU64::new(1),
         }

@@ -14,6 +14,7 @@
 //! - [`router`]: the `LISTEN` loop every panel process runs: commands to write to agents
 //!   held here, outcomes for senders here, revocations made elsewhere.
 //! - [`presence`]: online/offline and last seen (Redis and PostgreSQL), metrics history.
+//! - [`turns`]: how many commands this process's jobs have in flight to one server at once.
 //! - [`batch`]: the hub's lookups, presence writes and metrics samples, one statement per
 //!   batch of connections (group commit), through at most three pool connections.
 //!
@@ -33,6 +34,7 @@ pub mod presence;
 pub mod route;
 pub mod router;
 pub mod tls;
+pub mod turns;
 
 pub use ca::CertificateAuthority;
 pub use dispatch::{DispatchError, Fleet};

@@ -1,7 +1,8 @@
 //! What job executors share to reach the fleet: a typed command sent to a server's agent
 //! (through `fleet::route`, from whichever process runs the job to whichever holds the
-//! agent), its outcome turned into a job result or a retryable / permanent failure, and the
-//! choice of a tenant's server for a role.
+//! agent) in its turn at that server (`JOB_MAX_PER_SERVER` in flight per server and
+//! process, `fleet::turns`), its outcome turned into a job result or a retryable /
+//! permanent failure, and the choice of a tenant's server for a role.
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use crate::{
     fleet::{
         dispatch::DispatchError as FleetError,
         route::{self, Origin},
+        turns::Turn,
     },
 };
 
@@ -52,12 +54,19 @@ where
         job_id: job.id,
         step: job.next_step(),
     };
-    let outcome = route::send(state, server, command.into(), deadline, origin)
-        .await
-        .map_err(|e| match e {
-            FleetError::Offline => DispatchError::Retryable("the server's agent is offline".into()),
-            other => DispatchError::Retryable(other.to_string()),
-        })?;
+    // Waiting for a turn and for the answer is not work of the panel's: away from the slot.
+    let away = job.step_away();
+    let sent = async {
+        // The deadline is the agent's: it starts once the command has its turn.
+        let _turn = take_turn(state, server).await;
+        route::send(state, server, command.into(), deadline, origin).await
+    }
+    .await;
+    away.back().await;
+    let outcome = sent.map_err(|e| match e {
+        FleetError::Offline => DispatchError::Retryable("the server's agent is offline".into()),
+        other => DispatchError::Retryable(other.to_string()),
+    })?;
     match &outcome {
         Outcome::Error {
             code,
@@ -78,6 +87,13 @@ where
                 DispatchError::Permanent(format!("the agent's answer did not parse: {e}"))
             }),
     }
+}
+
+/// A turn to send to `server`: at most `JOB_MAX_PER_SERVER` of this process's commands are
+/// in flight to one server at once; the others wait here, in order.
+pub async fn take_turn(state: &AppState, server: Uuid) -> Turn {
+    let cap = state.config.jobs.max_per_server;
+    state.fleet.turns.take(server, cap).await
 }
 
 /// The first active server of `role` in the tenant, preferring one whose agent is online.

@@ -7,11 +7,15 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::atomic::{AtomicI32, Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI32, Ordering},
+    },
     time::Duration,
 };
 
 use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::payload::JobPayload;
@@ -27,6 +31,8 @@ pub struct JobToRun {
     /// Commands sent so far in this run: the step number of the next one
     /// (`fleet::route` reuses an earlier run's command of the same step).
     pub steps: AtomicI32,
+    /// What this run holds of its worker, its active slot given back while it waits.
+    pub slot: Slot,
 }
 
 impl JobToRun {
@@ -44,12 +50,110 @@ impl JobToRun {
             payload,
             attempt,
             steps: AtomicI32::new(0),
+            slot: Slot::default(),
+        }
+    }
+
+    /// The same, holding `slot` for as long as it runs.
+    pub fn holding(self, slot: Slot) -> JobToRun {
+        JobToRun { slot, ..self }
+    }
+
+    /// Gives the job's active slot back while it waits for something outside (a turn at a
+    /// server, an agent's answer) — unless its kind may hold a database connection across
+    /// its commands: a DNS zone sync holds its zone's advisory lock, a pooled connection,
+    /// until its command is answered (`dns::job`), and the lifecycle jobs that span several
+    /// roles may run one. Those keep their slot, so the connections held that way stay
+    /// bounded by `JOB_ACTIVE_MAX`, well within the pool.
+    pub fn step_away(&self) -> Away<'_> {
+        match JobRole::of(&self.payload) {
+            Some(JobRole::Web | JobRole::Mail | JobRole::Backup | JobRole::Vps) => {
+                self.slot.step_away()
+            }
+            Some(JobRole::Dns) | None => self.slot.stay(),
         }
     }
 
     /// The step number of the command about to be sent.
     pub fn next_step(&self) -> i32 {
         self.steps.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// What a running job holds of its worker: one of its `WORKER_CONCURRENCY` places, until
+/// the job ends, and one of its `JOB_ACTIVE_MAX` active slots while the job does work of its
+/// own (database, hashing) — given back while it waits for something outside: its turn at
+/// a server, its agent's answer ([`JobToRun::step_away`]). So jobs waiting on agents are many
+/// and cheap, the work the panel itself does stays bounded, and a queue at one busy server
+/// never holds the slots other servers' jobs need.
+///
+/// No wait here can close a cycle: a job waits for an active slot only while it holds no
+/// turn (it steps away before taking one and comes back after giving it up), and a job that
+/// holds a turn waits for nothing but its agent (a job that keeps its active slot may wait
+/// for a turn in it; the turn's holders never wait for an active slot meanwhile).
+#[derive(Default)]
+pub struct Slot {
+    /// The worker's place, held until the job ends (dropped with it).
+    _place: Option<OwnedSemaphorePermit>,
+    /// The active slot, while the job works.
+    active: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Where active slots come from.
+    actives: Option<Arc<Semaphore>>,
+}
+
+impl Slot {
+    /// A job read under the worker's `place` and `active` slot (taken from `actives`).
+    pub fn new(
+        place: OwnedSemaphorePermit,
+        active: OwnedSemaphorePermit,
+        actives: Arc<Semaphore>,
+    ) -> Slot {
+        Slot {
+            _place: Some(place),
+            active: Mutex::new(Some(active)),
+            actives: Some(actives),
+        }
+    }
+
+    /// Keeps the active slot while the job waits ([`JobToRun::step_away`]).
+    fn stay(&self) -> Away<'_> {
+        Away {
+            slot: self,
+            had: false,
+        }
+    }
+
+    /// Gives the active slot back while the job waits for something outside; the job takes
+    /// one again with [`Away::back`] before it works again.
+    fn step_away(&self) -> Away<'_> {
+        let gave = self.active.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Away {
+            slot: self,
+            had: gave.is_some(),
+        }
+    }
+}
+
+/// A job away from its active slot ([`JobToRun::step_away`]).
+#[must_use = "a job that stepped away comes back before it works again"]
+pub struct Away<'a> {
+    slot: &'a Slot,
+    /// Whether it gave a slot back (an inner step of a job already away gives none).
+    had: bool,
+}
+
+impl Away<'_> {
+    /// Waits for an active slot again (at once when one is free).
+    pub async fn back(self) {
+        let Some(actives) = self.slot.actives.as_ref().filter(|_| self.had) else {
+            return;
+        };
+        let permit = actives
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the worker's semaphore is never closed");
+        *self.slot.active.lock().unwrap_or_else(|e| e.into_inner()) = Some(permit);
     }
 }
 
@@ -71,16 +175,42 @@ pub trait Dispatcher: Send + Sync + 'static {
 }
 
 /// `JOB_DISPATCHER=simulate` (development only): each job "succeeds" after a delay without
-/// touching any server — for wiring up a marketing site or a staging panel.
+/// touching any server — for wiring up a marketing site or a staging panel. It waits as a
+/// fleet job waits for its agent: away from its active slot, in its turn at the tenant's
+/// server of the job's role when there is one (`JOB_MAX_PER_SERVER`); its result says which
+/// server and when its pretend work began and ended.
 pub struct Simulate {
     pub delay: Duration,
+    state: AppState,
 }
 
 impl Dispatcher for Simulate {
     fn dispatch<'a>(&'a self, job: &'a JobToRun) -> DispatchFuture<'a> {
         Box::pin(async move {
+            let server = match JobRole::of(&job.payload).and_then(JobRole::server_role) {
+                Some(role) => super::agent::pick_server(&self.state, job.tenant_id, role)
+                    .await?
+                    .map(|(id, _)| id),
+                None => None,
+            };
+            // Pretending to wait for an agent, as the fleet's jobs do: away from the slot.
+            let away = job.step_away();
+            let turn = match server {
+                Some(server) => Some(super::agent::take_turn(&self.state, server).await),
+                None => None,
+            };
+            let began = chrono::Utc::now();
             tokio::time::sleep(self.delay).await;
-            Ok(json!({ "simulated": true, "type": job.payload.job_type() }))
+            let ended = chrono::Utc::now();
+            drop(turn);
+            away.back().await;
+            Ok(json!({
+                "simulated": true,
+                "type": job.payload.job_type(),
+                "serverId": server,
+                "began": began,
+                "ended": ended,
+            }))
         })
     }
 }
@@ -114,6 +244,17 @@ impl JobRole {
         ("backup", JobRole::Backup),
         ("vps", JobRole::Vps),
     ];
+
+    /// The `server_role` of the servers that run this role's jobs (none for VPS hosts yet).
+    fn server_role(self) -> Option<&'static str> {
+        match self {
+            JobRole::Web => Some("WEB"),
+            JobRole::Dns => Some("DNS"),
+            JobRole::Mail => Some("MAIL"),
+            JobRole::Backup => Some("DB"),
+            JobRole::Vps => None,
+        }
+    }
 
     /// The one role whose server runs `payload`; `None` for a kind that spans several roles
     /// (or none), which only its job type can name in `JOB_SIMULATE`.
@@ -217,6 +358,7 @@ pub fn for_state(state: &AppState) -> std::sync::Arc<dyn Dispatcher> {
     let cfg = &state.config.jobs;
     let simulate = Simulate {
         delay: cfg.simulate_delay,
+        state: state.clone(),
     };
     let fleet = Fleet {
         state: state.clone(),

@@ -1,6 +1,13 @@
 //! A worker: takes job ids from the stream, claims each job in PostgreSQL, runs it through
 //! the dispatcher while renewing its lease, records the outcome, acknowledges the message.
 //! Runs inside `mpanel serve` and alone as `mpanel worker`; any number may run at once.
+//!
+//! It reads a job when it has both a free place (`WORKER_CONCURRENCY`: jobs claimed at once,
+//! most of them waiting on agents, which costs a task and no database connection) and a
+//! free active slot (`JOB_ACTIVE_MAX`: jobs doing work of the panel's own — database,
+//! hashing — at once). A job gives its active slot back while it waits for its turn at a
+//! server (`JOB_MAX_PER_SERVER`) and for its agent's answer ([`JobToRun::step_away`]; a job
+//! that may hold a database connection meanwhile keeps it).
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,7 +16,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use super::{
-    dispatcher::{DispatchError, Dispatcher, JobToRun},
+    dispatcher::{DispatchError, Dispatcher, JobToRun, Slot},
     payload::JobPayload,
     queue::{self, Delivery},
     store::{self, Failure},
@@ -51,15 +58,27 @@ impl Worker {
         let cfg = self.state.config.jobs.clone();
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(cfg.concurrency));
+        let active_max = cfg.active_max.min(cfg.concurrency);
+        let actives = Arc::new(Semaphore::new(active_max));
         let this = Arc::new(self);
         // Cancelled when the shutdown timeout passes with jobs still running.
         let abort = CancellationToken::new();
-        tracing::info!(worker = %this.id, concurrency = cfg.concurrency, "worker started");
+        tracing::info!(
+            worker = %this.id,
+            concurrency = cfg.concurrency,
+            active_max,
+            max_per_server = cfg.max_per_server,
+            "worker started"
+        );
         let mut group_ready = false;
 
         loop {
             let permit = tokio::select! {
                 p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+                _ = shutdown.cancelled() => break,
+            };
+            let active = tokio::select! {
+                p = actives.clone().acquire_owned() => p.expect("semaphore is never closed"),
                 _ = shutdown.cancelled() => break,
             };
             if !group_ready {
@@ -82,14 +101,14 @@ impl Worker {
                 Ok(Some(delivery)) => {
                     let worker = this.clone();
                     let abort = abort.clone();
+                    let slot = Slot::new(permit, active, actives.clone());
                     tracker.spawn(async move {
-                        worker.handle(delivery, &abort).await;
-                        drop(permit);
+                        worker.handle(delivery, slot, &abort).await;
                     });
                 }
-                Ok(None) => drop(permit),
+                Ok(None) => drop((permit, active)),
                 Err(e) => {
-                    drop(permit);
+                    drop((permit, active));
                     // NOGROUP: Redis restarted without its data; recreate the group, and have
                     // the sweeper push again, now, the pending jobs whose messages were lost.
                     group_ready = e.code() != Some("NOGROUP");
@@ -134,11 +153,12 @@ impl Worker {
         }
     }
 
-    async fn handle(&self, delivery: Delivery, abort: &CancellationToken) {
+    /// Runs the delivered job holding `slot` (given back once it is done), then acknowledges.
+    async fn handle(&self, delivery: Delivery, slot: Slot, abort: &CancellationToken) {
         if let Some(job_id) = delivery.job_id {
             let span = tracing::info_span!("job", job_id = %job_id, worker = %self.id);
             if let Err(e) = self
-                .run_job(job_id, &delivery.message_id, abort)
+                .run_job(job_id, &delivery.message_id, slot, abort)
                 .instrument(span)
                 .await
             {
@@ -157,6 +177,7 @@ impl Worker {
         &self,
         job_id: uuid::Uuid,
         message_id: &str,
+        slot: Slot,
         abort: &CancellationToken,
     ) -> anyhow::Result<()> {
         let cfg = &self.state.config.jobs;
@@ -187,7 +208,8 @@ impl Worker {
         state.metrics.job_wait.observe(waited.as_secs_f64());
         let started = std::time::Instant::now();
         let keeper = self.keep_lease(job.id, message_id.to_owned());
-        let to_run = JobToRun::new(job.id, job.tenant_id, job.order_id, payload, job.attempts);
+        let to_run =
+            JobToRun::new(job.id, job.tenant_id, job.order_id, payload, job.attempts).holding(slot);
         let outcome = tokio::select! {
             outcome = self.dispatcher.dispatch(&to_run) => outcome,
             _ = abort.cancelled() => {
