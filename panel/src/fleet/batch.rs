@@ -356,7 +356,7 @@ async fn write_presence(
     if last.is_empty() {
         return Ok(());
     }
-    // Sorted, so that two replicas' batches lock rows in the same order.
+    // Sorted, for the statements' arrays; the lock order is the SELECT … FOR UPDATE's.
     let mut servers: Vec<(&Uuid, &Final)> = last.iter().collect();
     servers.sort_by_key(|(id, _)| **id);
     let (mut s_ids, mut s_online, mut s_version) = (Vec::new(), Vec::new(), Vec::new());
@@ -410,6 +410,14 @@ async fn write_presence(
         .collect();
     let result: anyhow::Result<()> = async {
         let mut tx = state.db.begin().await?;
+        // Rows are locked in id order before they are written: an UPDATE … FROM UNNEST may
+        // visit them in any order (a hash join), and two replicas' batches sharing a server
+        // (an agent moving between them) would otherwise be able to deadlock.
+        sqlx::query("SELECT 1 FROM servers WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&s_ids)
+            .execute(&mut *tx)
+            .await
+            .context("lock the servers")?;
         sqlx::query(
             "UPDATE servers s
                 SET agent_online = u.online,
@@ -425,6 +433,11 @@ async fn write_presence(
         .await
         .context("mark servers online/offline")?;
         if !a_ids.is_empty() {
+            sqlx::query("SELECT 1 FROM agents WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+                .bind(&a_ids)
+                .execute(&mut *tx)
+                .await
+                .context("lock the agents")?;
             sqlx::query(
                 "UPDATE agents a
                     SET last_seen_at = now(),
