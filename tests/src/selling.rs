@@ -139,6 +139,14 @@ pub fn order_body(tenant_slug: &str, plan_slug: &str) -> Value {
     })
 }
 
+/// [`order_body`] for `domain`, bought by `owner`.
+pub fn order_body_for(tenant_slug: &str, plan_slug: &str, domain: &str, owner: &str) -> Value {
+    let mut body = order_body(tenant_slug, plan_slug);
+    body["customer"]["email"] = json!(owner);
+    body["metadata"]["domain"] = json!(domain);
+    body
+}
+
 /// How the internal key is presented.
 #[derive(Debug, Clone, Copy)]
 pub enum Key<'a> {

@@ -9,13 +9,13 @@
 use std::time::Duration;
 
 use mpanel_tests::{
-    api::{anon, authed, org_with_roles},
+    api::{authed, org_with_roles},
     fleet::{hub_addr, wait_job_status},
-    panel::{INTERNAL_KEY, TestApp},
+    panel::TestApp,
     pebble::Pebble,
     replica::{Fleet3, fleet_panel},
     request_loop::RequestLoop,
-    selling::{hosting_offer, order_body, place_order},
+    selling::{hosting_offer, order_body_for, place_order},
     smtp::{SmtpSink, free_port},
     wait_for,
     web::WebSandbox,
@@ -50,22 +50,11 @@ async fn a_paid_order_ends_with_its_site_on_https_and_an_operator_can_reissue() 
     // A shared-hosting plan that says nothing of HTTPS gets it, and a paid order for it.
     let offer = hosting_offer(&app, &admin, 1).await;
     let domain = "secure-site.example";
-    let placed = anon(&app)
-        .authorization(&format!("Bearer {INTERNAL_KEY}"))
-        .post(
-            "/api/orders",
-            &json!({
-                "tenantSlug": "acme",
-                "customer": { "email": "owner@secure.example", "fullName": "Secure Owner" },
-                "planSlug": offer.plan_slug(),
-                "totalAmountCents": 149,
-                "currency": "usd",
-                "stripePaymentIntentId": "pi_https_1",
-                "metadata": { "domain": domain },
-            }),
-        )
-        .await
-        .expect(201);
+    let placed = place_order(
+        &app,
+        &order_body_for("acme", offer.plan_slug(), domain, "owner@secure.example"),
+    )
+    .await;
     let jobs = placed["jobs"].as_array().unwrap();
     assert_eq!(
         jobs.len(),
@@ -197,10 +186,7 @@ async fn order(
     domain: &str,
     owner: &str,
 ) -> Vec<(String, String)> {
-    let mut body = order_body("acme", plan);
-    body["customer"]["email"] = json!(owner);
-    body["metadata"]["domain"] = json!(domain);
-    let placed = place_order(app, &body).await;
+    let placed = place_order(app, &order_body_for("acme", plan, domain, owner)).await;
     let mut jobs = Vec::new();
     for job in placed["jobs"].as_array().unwrap() {
         let id = job["id"].as_str().unwrap();

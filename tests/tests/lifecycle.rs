@@ -13,7 +13,7 @@ use mpanel_tests::{
     panel::{INTERNAL_KEY, TestApp, wait_for},
     pdns::Pdns,
     replica::{Fleet3, fleet_panel},
-    selling::{deliver_event, fresh_event_id, hosting_offer},
+    selling::{deliver_event, fresh_event_id, hosting_offer, order_body_for, place_order},
     smtp::SmtpSink,
 };
 use serde_json::{Value, json};
@@ -59,22 +59,9 @@ impl Setup {
             .expect(200);
 
         let offer = hosting_offer(&app, &admin, 1).await;
-        let placed = anon(&app)
-            .authorization(&format!("Bearer {INTERNAL_KEY}"))
-            .post(
-                "/api/orders",
-                &json!({
-                    "tenantSlug": "acme",
-                    "customer": { "email": "owner@client.example", "fullName": "Client Owner" },
-                    "planSlug": offer.plan_slug(),
-                    "totalAmountCents": 149,
-                    "currency": "usd",
-                    "stripePaymentIntentId": format!("pi_{}", domain.replace('.', "_")),
-                    "metadata": { "domain": domain },
-                }),
-            )
-            .await
-            .expect(201);
+        let mut body = order_body_for("acme", offer.plan_slug(), domain, "owner@client.example");
+        body["customer"]["fullName"] = json!("Client Owner");
+        let placed = place_order(&app, &body).await;
         for job in placed["jobs"].as_array().unwrap() {
             wait_job_status(&app, &admin, job["id"].as_str().unwrap(), "SUCCESS").await;
         }
