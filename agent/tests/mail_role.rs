@@ -585,3 +585,98 @@ async fn a_real_dovecot_logs_the_mailbox_in() {
     );
     assert_eq!(std::fs::read_dir(sb.path("archive")).unwrap().count(), 1);
 }
+
+/// A Dovecot reload that counts itself and fails while the passwd-file holds `bad@`.
+fn counting_reload(dir: &Path) -> Vec<String> {
+    let script = format!(
+        "echo reload >> {d}/reloads.log; ! grep -qs '^bad@' {d}/users",
+        d = dir.display()
+    );
+    vec!["/bin/sh".into(), "-c".into(), script]
+}
+
+fn mailbox(address: &str, h: &PasswordHash) -> CreateMailbox {
+    CreateMailbox {
+        address: addr(address),
+        password_hash: h.clone(),
+        quota_mb: None,
+    }
+}
+
+/// `CreateMailbox` for each address, all sent at once.
+async fn create_together(
+    sb: &Sandbox,
+    addresses: &[impl AsRef<str>],
+    h: &PasswordHash,
+) -> Vec<Outcome> {
+    futures_util::future::join_all(addresses.iter().map(|a| {
+        let cmd: Command = mailbox(a.as_ref(), h).into();
+        let config = &sb.config;
+        async move { execute(&cmd, config).await }
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn mailboxes_created_together_share_one_postmap_and_reload_and_each_answers() {
+    let mut sb = Sandbox::new(None);
+    let reload = counting_reload(sb.dir.path());
+    sb.config.mail.as_mut().unwrap().dovecot_reload = Some(reload);
+    let h = hash("a secret");
+    let addresses: Vec<String> = (1..=6).map(|i| format!("box{i}@shop{i}.example")).collect();
+    let outs = create_together(&sb, &addresses, &h).await;
+    for (a, out) in addresses.iter().zip(&outs) {
+        let out = out
+            .output::<CreateMailbox>()
+            .unwrap_or_else(|| panic!("{a}: {out:?}"))
+            .unwrap();
+        assert!(out.changed, "{a}");
+        let found = Process::new("/usr/sbin/postmap")
+            .arg("-q")
+            .arg(a)
+            .arg(format!(
+                "hash:{}",
+                sb.path("virtual_mailbox_maps").display()
+            ))
+            .output()
+            .unwrap();
+        assert!(found.status.success(), "{a} is in the built map");
+        assert!(sb.read("users").contains(&format!("{a}:")));
+    }
+    // The first runs alone; the five queued behind it are written and reloaded once.
+    let reloads = sb.read("reloads.log").lines().count();
+    assert!(
+        (1..=2).contains(&reloads),
+        "6 mailboxes made together reloaded Dovecot {reloads} times"
+    );
+}
+
+#[tokio::test]
+async fn a_mailbox_that_fails_fails_alone_when_created_together_with_others() {
+    let mut sb = Sandbox::new(None);
+    let reload = counting_reload(sb.dir.path());
+    sb.config.mail.as_mut().unwrap().dovecot_reload = Some(reload);
+    let h = hash("a secret");
+    let addresses = [
+        "first@one.example",
+        "bad@two.example",
+        "good@three.example",
+        "more@four.example",
+    ];
+    let outs = create_together(&sb, &addresses, &h).await;
+    let users = sb.read("users");
+    let maps = sb.read("virtual_mailbox_maps");
+    for (a, out) in addresses.iter().zip(&outs) {
+        if a.starts_with("bad@") {
+            let Outcome::Error { code, .. } = out else {
+                panic!("{a} should fail: {out:?}");
+            };
+            assert_eq!(code.as_str(), "reload_failed");
+            assert!(!users.contains("bad@") && !maps.contains("bad@"), "{users}");
+            assert!(!sb.read("virtual_mailbox_domains").contains("two.example"));
+        } else {
+            assert!(matches!(out, Outcome::Ok { .. }), "{a}: {out:?}");
+            assert!(users.contains(&format!("{a}:")) && maps.contains(a), "{a}");
+        }
+    }
+}

@@ -44,6 +44,16 @@ fn free_port() -> u16 {
 
 impl Sandbox {
     fn new(extra_listen: Option<&str>) -> Sandbox {
+        Sandbox::build(extra_listen, None)
+    }
+
+    /// A sandbox whose `nginx_test` first runs `script` (sh; `$D` is the sandbox) and then
+    /// the real `nginx -t`, unless the script exits.
+    fn with_test_script(script: &str) -> Sandbox {
+        Sandbox::build(None, Some(script))
+    }
+
+    fn build(extra_listen: Option<&str>, test_script: Option<&str>) -> Sandbox {
         assert!(
             Path::new(NGINX).exists(),
             "nginx is missing: install nginx-light (.ci/run does)"
@@ -65,6 +75,8 @@ impl Sandbox {
         for f in ["passwd", "group", "shadow", "gshadow"] {
             std::fs::write(d.join("root/etc").join(f), "").unwrap();
         }
+        // As Debian's: userdel removes the group useradd --user-group made with the user.
+        std::fs::write(d.join("root/etc/login.defs"), "USERGROUPS_ENAB yes\n").unwrap();
         let port = free_port();
         let nginx_conf = format!(
             "user root root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/log/error.log;\n\
@@ -90,6 +102,15 @@ impl Sandbox {
             v.extend(args.iter().map(|a| format!("\"{a}\"")));
             format!("[{}]", v.join(", "))
         };
+        let test = match test_script {
+            None => nginx(&["-t", "-q"]),
+            Some(script) => {
+                // sh -c SCRIPT ARG0 ARGS…: the real nginx -t is "$0" "$@".
+                let script = format!("D={}; {script}; exec \"$0\" \"$@\"", d.display());
+                let inner = nginx(&["-t", "-q"]);
+                format!("[\"/bin/sh\", \"-c\", {script:?}, {}", &inner[1..])
+            }
+        };
         let mut listen = vec![format!("\"127.0.0.1:{port}\"")];
         listen.extend(extra_listen.map(|l| format!("\"{l}\"")));
         let toml = format!(
@@ -111,7 +132,6 @@ impl Sandbox {
             "#,
             d = d.display(),
             listen = listen.join(", "),
-            test = nginx(&["-t", "-q"]),
             reload = nginx(&["-s", "reload"]),
         );
         let config = AgentConfig::parse(&toml).unwrap();
@@ -455,4 +475,103 @@ fn commands_that_could_escape_are_refused_before_execution() {
             "{field} = {bad:?} was accepted"
         );
     }
+}
+
+/// How many times the sandbox's `nginx_test` ran (see the script of the tests below).
+fn checks(sb: &Sandbox) -> usize {
+    std::fs::read_to_string(sb.path("checks.log"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+/// Counts each `nginx -t` and refuses any vhost for `bad.example`, as nginx would a vhost
+/// it cannot load.
+const COUNT_AND_REFUSE_BAD: &str = "echo check >> \"$D/checks.log\"; \
+    if grep -qs 'server_name bad.example' \"$D\"/sites/*.conf; then \
+    echo 'nginx: [emerg] bad.example cannot be loaded' >&2; exit 1; fi";
+
+/// `CreateSite` for each domain (user `site<i>`), all sent at once.
+async fn create_together(
+    sb: &Sandbox,
+    domains: &[String],
+) -> Vec<Result<CreateSiteOutput, (String, String)>> {
+    futures_util::future::join_all(
+        domains
+            .iter()
+            .enumerate()
+            .map(|(i, d)| run(sb, create(d, &format!("site{i}")))),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn sites_created_together_share_one_check_and_reload_and_each_answers() {
+    let mut sb = Sandbox::with_test_script(COUNT_AND_REFUSE_BAD);
+    sb.start_nginx();
+    let domains: Vec<String> = (1..=6).map(|i| format!("site{i}.example")).collect();
+    let results = create_together(&sb, &domains).await;
+    for (domain, result) in domains.iter().zip(&results) {
+        let out = result
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{domain}: {e:?}"));
+        assert!(out.changed, "{domain}");
+        let body = sb.wait_for_status(domain, 200);
+        assert!(body.contains(&format!("<h1>{domain}</h1>")), "{body}");
+    }
+    // The first runs alone; the five that queued behind it share the next check.
+    let n = checks(&sb);
+    assert!(
+        (1..=2).contains(&n),
+        "6 sites made together ran nginx -t {n} times"
+    );
+
+    // Made again together: nothing changes, each says so, and nginx is neither checked nor
+    // reloaded.
+    let again = create_together(&sb, &domains).await;
+    assert!(again.iter().all(|r| r.as_ref().is_ok_and(|o| !o.changed)));
+    assert_eq!(checks(&sb), n);
+}
+
+#[tokio::test]
+async fn a_site_nginx_refuses_fails_alone_when_created_together_with_others() {
+    let mut sb = Sandbox::with_test_script(COUNT_AND_REFUSE_BAD);
+    sb.start_nginx();
+    let before_passwd = sb.read("root/etc/passwd");
+    let sites = [
+        ("first.example", "first"),
+        ("bad.example", "badexample"),
+        ("good.example", "goodexample"),
+        ("other.example", "otherexample"),
+    ];
+    let results =
+        futures_util::future::join_all(sites.iter().map(|(d, u)| run(&sb, create(d, u)))).await;
+    for ((domain, user), result) in sites.iter().zip(&results) {
+        if *domain == "bad.example" {
+            let (code, message) = result.as_ref().unwrap_err();
+            assert_eq!(code, "nginx_config_invalid", "{message}");
+            assert!(
+                message.contains("bad.example cannot be loaded"),
+                "{message}"
+            );
+            assert!(!sb.path("sites/bad.example.conf").exists());
+            assert!(!sb.path("php/8.2/pool.d/badexample.conf").exists());
+            assert!(sb.passwd_line(user).is_none(), "the user was removed again");
+            assert!(!sb.path("root/home/badexample").exists());
+        } else {
+            let out = result
+                .as_ref()
+                .unwrap_or_else(|e| panic!("{domain}: {e:?}"));
+            assert!(out.changed);
+            sb.wait_for_status(domain, 200);
+            assert!(sb.passwd_line(user).is_some());
+        }
+    }
+    let users: Vec<String> = sb
+        .read("root/etc/passwd")
+        .lines()
+        .filter(|l| !before_passwd.contains(*l))
+        .map(|l| l.split(':').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(users, ["first", "goodexample", "otherexample"]);
 }

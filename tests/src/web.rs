@@ -45,6 +45,8 @@ impl WebSandbox {
         for f in ["passwd", "group", "shadow", "gshadow"] {
             std::fs::write(d.join("root/etc").join(f), "").unwrap();
         }
+        // As Debian's: userdel removes the group useradd --user-group made with the user.
+        std::fs::write(d.join("root/etc/login.defs"), "USERGROUPS_ENAB yes\n").unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

@@ -17,7 +17,8 @@
 //! reload commands; when postmap or a reload fails the previous contents are put back (and
 //! the maps rebuilt), so a failed command leaves the files as they were. A command that finds
 //! everything as asked writes nothing and answers `changed: false`. Mail commands run one at
-//! a time (a process-wide lock).
+//! a time (a process-wide lock); creates that arrive together are written together, with
+//! one `postmap` of each map and one reload (and, if that fails, again one by one).
 //!
 //! **Disable** adds Dovecot's `nologin` extra field to the passwd-file entry: the passdb then
 //! refuses every login even with the right password, while the entry, its hash, the userdb
@@ -53,6 +54,7 @@ use mpanel_protocol::{
 use crate::{
     config::MailConfig,
     host::{Archive, Failure, archive, is_root, run, stage, sync_dir, to_outcome},
+    roles::batch::{Queue, Waiting},
 };
 
 const NOLOGIN: &str = "nologin";
@@ -60,6 +62,8 @@ const IO: &str = "mail_io_failed";
 
 /// Mail commands touch the same files: one at a time.
 static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Creates waiting for [`LOCK`], applied together by its holder.
+static CREATES: Queue<CreateMailbox, MailConfig> = Queue::new();
 
 fn configured(config: Option<&MailConfig>) -> Result<&MailConfig, Failure> {
     config.ok_or_else(|| {
@@ -92,7 +96,14 @@ pub fn check_at_start(config: Option<&MailConfig>) {
 
 /// Executes [`CreateMailbox`].
 pub async fn create_mailbox(cmd: &CreateMailbox, config: Option<&MailConfig>) -> Outcome {
-    to_outcome(create(cmd, config).await)
+    match configured(config) {
+        Ok(cfg) => {
+            CREATES
+                .run(&LOCK, cmd, cfg, IO, |batch| create_together(cfg, batch))
+                .await
+        }
+        Err(f) => to_outcome::<()>(Err(f)),
+    }
 }
 
 /// Executes [`SetMailboxEnabled`].
@@ -113,21 +124,74 @@ pub async fn delete_mailbox(cmd: &DeleteMailbox, config: Option<&MailConfig>) ->
     to_outcome(delete(cmd, config).await)
 }
 
-async fn create(
-    cmd: &CreateMailbox,
-    config: Option<&MailConfig>,
-) -> Result<CreateMailboxOutput, Failure> {
-    let cfg = configured(config)?;
-    let _guard = LOCK.lock().await;
+/// Creates that arrived together (`roles::batch`): each maildir, then every mailbox's lines
+/// in the three files, written once, with one `postmap` of each map and one reload each.
+/// If that fails, each create is applied again alone, so a failure is the command's own.
+async fn create_together(cfg: &MailConfig, batch: Vec<Waiting<CreateMailbox, MailConfig>>) {
+    let mut ready = Vec::with_capacity(batch.len());
+    for w in batch {
+        match ensure_maildir(cfg, &w.cmd.address) {
+            Ok(created_dir) => ready.push((w, created_dir)),
+            Err(f) => w.fail(f),
+        }
+    }
+    if ready.is_empty() {
+        return;
+    }
+    let together = async {
+        let old = Files::read(cfg)?;
+        let mut new = old.clone();
+        let mut changed = Vec::with_capacity(ready.len());
+        for (w, _) in &ready {
+            let next = with_mailbox(cfg, &w.cmd, &new);
+            changed.push(next != new);
+            new = next;
+        }
+        apply(cfg, &old, &new).await?;
+        Ok::<_, Failure>(changed)
+    }
+    .await;
+    match together {
+        Ok(changed) => {
+            for ((w, created_dir), changed) in ready.into_iter().zip(changed) {
+                let maildir = maildir(cfg, &w.cmd.address).display().to_string();
+                w.answer(Ok(CreateMailboxOutput {
+                    maildir,
+                    changed: changed || created_dir,
+                }));
+            }
+        }
+        Err(f) if ready.len() == 1 => ready.into_iter().for_each(|(w, _)| w.fail(f.clone())),
+        Err(f) => {
+            tracing::info!(
+                mailboxes = ready.len(),
+                "applying the mailboxes made together failed ({}); applying each alone",
+                f.message
+            );
+            for (w, created_dir) in ready {
+                let alone = async {
+                    let old = Files::read(cfg)?;
+                    apply(cfg, &old, &with_mailbox(cfg, &w.cmd, &old)).await
+                }
+                .await;
+                let maildir = maildir(cfg, &w.cmd.address).display().to_string();
+                w.answer(alone.map(|changed| CreateMailboxOutput {
+                    maildir,
+                    changed: changed || created_dir,
+                }));
+            }
+        }
+    }
+}
+
+/// `files` with the mailbox of `cmd`: its domain, its map line and its passwd-file entry.
+fn with_mailbox(cfg: &MailConfig, cmd: &CreateMailbox, files: &Files) -> Files {
     let address = &cmd.address;
-    let maildir = maildir(cfg, address);
-    let created_dir = ensure_maildir(cfg, address)?;
-    let old = Files::read(cfg)?;
-    let mut new = old.clone();
     let domain = address.domain();
-    new.domains = set_map_line(&old.domains, domain.as_str(), Some("OK"));
+    let mut new = files.clone();
+    new.domains = set_map_line(&files.domains, domain.as_str(), Some("OK"));
     new.maps = set_map_line(
-        &old.maps,
+        &files.maps,
         address.as_str(),
         Some(&format!("{}/{}/", domain.as_str(), address.local_part())),
     );
@@ -141,15 +205,11 @@ async fn create(
         cmd.password_hash.as_phc(),
         cfg.vmail_uid,
         cfg.vmail_gid,
-        maildir.display(),
+        maildir(cfg, address).display(),
         extra.join(" ")
     );
-    new.passwd = set_passwd_line(&old.passwd, address, Some(line));
-    let changed = apply(cfg, &old, &new).await?;
-    Ok(CreateMailboxOutput {
-        maildir: maildir.display().to_string(),
-        changed: changed || created_dir,
-    })
+    new.passwd = set_passwd_line(&files.passwd, address, Some(line));
+    new
 }
 
 async fn set_enabled(

@@ -9,6 +9,7 @@
 
 pub mod acme;
 pub mod backup;
+mod batch;
 pub mod dns;
 pub mod mail;
 pub mod web;

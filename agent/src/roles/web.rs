@@ -26,7 +26,8 @@
 //! archive cannot be made, nothing is removed.
 //!
 //! Everything is idempotent: a command that finds the site as asked changes nothing and
-//! answers `changed: false`. Commands run one at a time (a process-wide lock).
+//! answers `changed: false`. Commands run one at a time (a process-wide lock); creates that
+//! arrive together are applied together, with one `nginx -t` and one reload (`batch`).
 //!
 //! **Paths.** The document root is created by root inside a directory the customer owns, so
 //! a symlink there is refused (`web_unsafe_path`) rather than followed, and the placeholder
@@ -59,6 +60,7 @@ use crate::{
     host::{self, Archive, Failure, is_root, run, stage, sync_dir, to_outcome},
 };
 
+mod batch;
 mod tls;
 
 pub use tls::{mark_reported, renew_certificates, renew_due, unreported};
@@ -80,11 +82,9 @@ const CHALLENGE_SNIPPET: &str = include_str!("web/challenge.conf");
 /// `{{tls}}`: the certificate and TLS settings of a site's HTTPS server.
 const TLS_SNIPPET: &str = include_str!("web/tls.conf");
 
-/// Executes [`CreateSite`].
+/// Executes [`CreateSite`], together with the others that arrive while one runs (`batch`).
 pub async fn create_site(cmd: &CreateSite, cfg: &WebConfig) -> Outcome {
-    let _guard = LOCK.lock().await;
-    let site = Site::new(cfg, &cmd.domain, &cmd.system_user, &cmd.php_version);
-    to_outcome(create(&site).await)
+    batch::create_site(cmd, cfg).await
 }
 
 /// Executes [`SetSiteSuspended`].
@@ -297,7 +297,29 @@ impl<'a> Site<'a> {
 // Commands
 // ---------------------------------------------------------------------------------------
 
-async fn create(site: &Site<'_>) -> Result<CreateSiteOutput, Failure> {
+/// A site's user and files in place ([`prepare`]), waiting for nginx's check and the
+/// reloads that `batch` runs once for every site made together.
+struct Prepared {
+    changes: Changes,
+    pool_changed: bool,
+    vhost_changed: bool,
+}
+
+impl Prepared {
+    fn output(&self, site: &Site<'_>) -> CreateSiteOutput {
+        CreateSiteOutput {
+            system_user: site.user.clone(),
+            home_dir: site.home().display().to_string(),
+            document_root: site.home().join(DOCROOT).display().to_string(),
+            changed: self.changes.any(),
+        }
+    }
+}
+
+/// Everything [`CreateSite`] changes except nginx's check and the reloads: the user, the
+/// document root, the pool (checked by `php_fpm_test`) and the vhost. A failure puts back
+/// what it changed.
+async fn prepare(site: &Site<'_>) -> Result<Prepared, Failure> {
     let cfg = site.cfg;
     if !site.pool_dir().is_dir() {
         return Err(Failure::new(
@@ -321,33 +343,25 @@ async fn create(site: &Site<'_>) -> Result<CreateSiteOutput, Failure> {
         let tls = tls::installed(site).await?;
         let vhost = site.vhost(false, tls.as_ref())?;
         let vhost_changed = changes.write(&site.vhost_path(), &vhost, 0o644)?;
-        if vhost_changed {
-            run("nginx_config_invalid", &cfg.nginx_test, false).await?;
-        }
         if user.shell != cfg.login_shell {
             // A suspended site is served again: so is its user.
             set_user_locked(site, false).await?;
             changes.user_unlocked = true;
         }
-        if pool_changed && let Some(reload) = &cfg.php_fpm_reload {
-            run("reload_failed", &site.php_argv(reload), true).await?;
-        }
-        if vhost_changed && let Some(reload) = &cfg.nginx_reload {
-            run("reload_failed", reload, true).await?;
-        }
-        Ok(())
+        Ok((pool_changed, vhost_changed))
     }
     .await;
-    if let Err(failure) = result {
-        changes.undo(site).await;
-        return Err(failure);
+    match result {
+        Ok((pool_changed, vhost_changed)) => Ok(Prepared {
+            changes,
+            pool_changed,
+            vhost_changed,
+        }),
+        Err(failure) => {
+            changes.revert(site).await;
+            Err(failure)
+        }
     }
-    Ok(CreateSiteOutput {
-        system_user: site.user.clone(),
-        home_dir: site.home().display().to_string(),
-        document_root: site.home().join(DOCROOT).display().to_string(),
-        changed: changes.any(),
-    })
 }
 
 async fn set_suspended(
@@ -708,9 +722,18 @@ impl Changes {
         Ok(true)
     }
 
-    /// Puts back what this command changed, newest first; problems are logged (the
-    /// command's own failure is what the panel sees).
+    /// Puts back what this command changed, then reloads nginx if files changed (it may
+    /// run what was reloaded before the failure).
     async fn undo(self, site: &Site<'_>) {
+        if self.revert(site).await {
+            reload_after_rollback(site.cfg).await;
+        }
+    }
+
+    /// Puts back what this command changed, newest first, without reloading anything;
+    /// true if files were put back. Problems are logged (the command's own failure is what
+    /// the panel sees).
+    async fn revert(self, site: &Site<'_>) -> bool {
         for (path, old, mode) in self.files.iter().rev() {
             let restored = match old {
                 Some(text) => replace(path, text, *mode),
@@ -745,16 +768,19 @@ impl Changes {
                 tracing::warn!(path = %path.display(), error = %e, "web rollback left a path");
             }
         }
-        // Files are back as they were; nginx and php-fpm may still run what was reloaded.
-        if !self.files.is_empty()
-            && let Some(reload) = &site.cfg.nginx_reload
-            && run("nginx_config_invalid", &site.cfg.nginx_test, false)
-                .await
-                .is_ok()
-            && let Err(f) = run("reload_failed", reload, true).await
-        {
-            tracing::warn!("reloading nginx after a rollback failed: {}", f.message);
-        }
+        !self.files.is_empty()
+    }
+}
+
+/// Files are back as they were; nginx and php-fpm may still run what was reloaded.
+async fn reload_after_rollback(cfg: &WebConfig) {
+    if let Some(reload) = &cfg.nginx_reload
+        && run("nginx_config_invalid", &cfg.nginx_test, false)
+            .await
+            .is_ok()
+        && let Err(f) = run("reload_failed", reload, true).await
+    {
+        tracing::warn!("reloading nginx after a rollback failed: {}", f.message);
     }
 }
 
