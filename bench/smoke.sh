@@ -41,5 +41,6 @@ run() { # run NAME ARGS...
 run roundtrip roundtrip --n 20 --warmup 5 --ssh-n 3
 run ingest ingest --orders 20 --concurrency 4 --pgbench-secs 2
 run order-live order-live --orders 1 --deadline-secs 60
+run idle-agent idle-agent --window-secs 3 --settle-secs 1
 run hub hub --agents 50 --concurrency 16 --window-secs 2 --pings 20 --storm-deadline-secs 30
 echo "mpanel-bench smoke: ok" >&2

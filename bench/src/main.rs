@@ -9,6 +9,7 @@
 //! those in `MPANEL_BIN_DIR`.
 
 mod hub;
+mod idle_agent;
 mod ingest;
 mod order_live;
 mod report;
@@ -49,11 +50,19 @@ enum Command {
     /// loopback source addresses): handshakes/s, RSS and CPU per held agent, the storm after
     /// kill -9 and restart, and API ping p99 with N held against none.
     Hub(hub::Args),
+    /// One real agent, connected and idle at the panel's default intervals: its resident
+    /// memory against an sshd listening and holding one connection.
+    IdleAgent(idle_agent::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    bin_dir()?;
+    let dir = bin_dir()?;
+    // Kept until the end: the directory the other agent binary is measured from.
+    let _agent_dir = match &cli.command {
+        Command::IdleAgent(a) => idle_agent::use_agent(a, &dir)?,
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,6 +73,7 @@ fn main() -> anyhow::Result<()> {
             Command::Ingest(a) => ingest::run(a).await,
             Command::OrderLive(a) => order_live::run(a).await,
             Command::Hub(a) => hub::run(a).await,
+            Command::IdleAgent(a) => idle_agent::run(a).await,
         }
     })?;
     print!("{}", report.markdown());
@@ -75,8 +85,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Points the harness at the `mpanel` and `mpanel-agent` built beside this executable,
-/// unless `MPANEL_BIN_DIR` already says where they are.
-fn bin_dir() -> anyhow::Result<()> {
+/// unless `MPANEL_BIN_DIR` already says where they are; returns that directory.
+fn bin_dir() -> anyhow::Result<PathBuf> {
     let dir = match std::env::var_os("MPANEL_BIN_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => {
@@ -99,5 +109,5 @@ fn bin_dir() -> anyhow::Result<()> {
             dir.join(bin).display()
         );
     }
-    Ok(())
+    Ok(dir)
 }

@@ -101,6 +101,11 @@ impl Sshd {
         Ok(sshd)
     }
 
+    /// The listening sshd's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// `ssh` with this sshd's key and port; over the master socket when `shared`.
     fn ssh(&self, shared: bool) -> Command {
         let d = self.dir.path();
