@@ -96,10 +96,6 @@ const METRICS_TOKEN: &str = "bench-metrics-token-0123456789abcdef";
 pub async fn run(args: Args) -> anyhow::Result<Report> {
     ensure!(args.agents > 0, "--agents must be at least 1");
     ensure!(args.sources > 0, "--sources must be at least 1");
-    ensure!(
-        args.agents < 19_000,
-        "--agents above 19,000 exceed the hub's 20,000 connections or the descriptor limit"
-    );
     let mut report = Report::new(
         "hub",
         json!({
@@ -110,7 +106,16 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         }),
     );
     setup::note_binaries(&mut report);
-    let nofile = raise_nofile();
+    // One descriptor per agent here and one in the panel (which inherits the limit and
+    // holds agents up to it less 1,024), plus the rest of each process.
+    let wanted = args.agents as u64 + 4_096;
+    let nofile = raise_nofile(wanted);
+    ensure!(
+        nofile >= wanted,
+        "--agents {} needs RLIMIT_NOFILE {wanted}; the hard limit allows {nofile} \
+         (raise it, e.g. with `ulimit -Hn`, or run as root)",
+        args.agents
+    );
     report.note(format!(
         "RLIMIT_NOFILE raised to {nofile} (the panel inherits it)"
     ));
@@ -895,8 +900,14 @@ fn rss_kib(pid: u32) -> Option<f64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Raises the soft descriptor limit to the hard one; returns the new soft limit.
-fn raise_nofile() -> u64 {
+/// Raises the soft descriptor limit to the hard one and, when the hard one is below
+/// `wanted` and we may (root), the hard one too, up to the kernel's `nr_open`; returns the
+/// new soft limit.
+fn raise_nofile(wanted: u64) -> u64 {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -904,6 +915,14 @@ fn raise_nofile() -> u64 {
     // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a local.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            let hard = lim.rlim_max;
+            if hard < wanted && nr_open > hard {
+                lim.rlim_max = wanted.min(nr_open);
+                lim.rlim_cur = lim.rlim_max;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    lim.rlim_max = hard;
+                }
+            }
             lim.rlim_cur = lim.rlim_max;
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
             libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);

@@ -72,8 +72,20 @@ use crate::{
     audit::{self, Entry},
 };
 
-/// Connections held at once; above it new ones wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 20_000;
+/// Descriptors kept for everything but agents: the API's connections, the database pool,
+/// Redis, log and CA files.
+const RESERVED_DESCRIPTORS: u64 = 1_024;
+
+/// Connections held at once, from the open-files limit (raised at start, see `rlimit`):
+/// one descriptor per agent and [`RESERVED_DESCRIPTORS`] for the rest, so a fleet grows by
+/// raising `LimitNOFILE`. Above it new connections wait in the kernel's backlog.
+fn max_connections() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(20_000);
+    soft.saturating_sub(RESERVED_DESCRIPTORS)
+        .clamp(64, 4_000_000) as usize
+}
 /// TLS handshake, WebSocket upgrade and `Hello` together.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Capacity of a connection's outbound queue (commands, close requests).
@@ -145,7 +157,9 @@ impl Hub {
         let tracker = TaskTracker::new();
         tracker.spawn(presence::maintenance(state.clone(), shutdown.clone()));
         let (store, writers) = HubStore::start(&state);
-        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let max_connections = max_connections();
+        tracing::info!(max_connections, "agents held at most");
+        let permits = Arc::new(Semaphore::new(max_connections));
         let fleet = &state.config.fleet;
         let gate = HandshakeGate::new(fleet.max_handshakes, fleet.handshakes_per_ip);
         loop {
