@@ -247,3 +247,40 @@ async fn a_worker_claims_at_most_its_concurrency_and_waiting_jobs_hold_no_active
         "{working_at_once} sites at once with one active slot and three places"
     );
 }
+
+#[tokio::test]
+async fn an_orders_next_step_runs_before_the_rest_of_the_backlog() {
+    // Two places: six sites queue up, and each zone is released when its site succeeds.
+    let app = TestApp::spawn_with(&[
+        ("JOB_DISPATCHER", "simulate"),
+        ("JOB_SIMULATE_DELAY", "200ms"),
+        ("WORKER_CONCURRENCY", "2"),
+        ("JOB_ACTIVE_MAX", "1"),
+        ("JOB_SWEEP_INTERVAL", "200ms"),
+    ])
+    .await;
+    let org = api::org_with_all_roles(&app, "next").await;
+    let root = org.super_admin().token().to_owned();
+    let pool = app.db.pool().await;
+    add_server(&app, &root, "web-1", "WEB", "192.0.2.31").await;
+    let offer = hosting_offer_ssl(&app, &root, 0, false).await;
+
+    let jobs = place_and_finish(&app, &pool, "next", offer.plan_slug(), 6).await;
+
+    let started = |kind: &str| -> Vec<DateTime<Utc>> {
+        jobs.iter()
+            .filter(|j| j.kind == kind)
+            .map(|j| j.claimed.0)
+            .collect()
+    };
+    let (sites, zones) = (started("PROVISION_HOSTING"), started("PROVISION_DNS"));
+    assert_eq!((sites.len(), zones.len()), (6, 6));
+    // Pushed to the stream behind every site, the first zone would start after the last
+    // site did; run by the worker that finished its site, it starts while sites still wait.
+    let first_zone = zones.iter().min().unwrap();
+    let last_site = sites.iter().max().unwrap();
+    assert!(
+        first_zone < last_site,
+        "the first zone started at {first_zone}, after the last site ({last_site})"
+    );
+}

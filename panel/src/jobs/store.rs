@@ -202,14 +202,15 @@ pub async fn extend_lease(
     Ok(done.rows_affected() == 1)
 }
 
-/// Records success and runs the payload's success hook in the same transaction.
+/// Records success and runs the payload's success hook in the same transaction; returns the
+/// dependants this released (pushed to the stream), or `None` when the lease was lost.
 pub async fn succeed(
     state: &AppState,
     job: &ClaimedJob,
     run: &JobToRun,
     worker: &str,
     result: Value,
-) -> sqlx::Result<bool> {
+) -> sqlx::Result<Option<Vec<Uuid>>> {
     let mut tx = state.db.begin().await?;
     let done = sqlx::query(
         "UPDATE jobs SET status = 'SUCCESS', finished_at = now(), result = $3,
@@ -222,7 +223,7 @@ pub async fn succeed(
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() == 0 {
-        return Ok(false);
+        return Ok(None);
     }
     log(
         &mut tx,
@@ -269,7 +270,7 @@ pub async fn succeed(
     tx.commit().await?;
     let ids: Vec<Uuid> = released.into_iter().map(|(id, _)| id).collect();
     super::enqueue_after_commit(state, &ids).await;
-    Ok(true)
+    Ok(Some(ids))
 }
 
 pub enum Failure {

@@ -8,6 +8,12 @@
 //! hashing — at once). A job gives its active slot back while it waits for its turn at a
 //! server (`JOB_MAX_PER_SERVER`) and for its agent's answer ([`JobToRun::step_away`]; a job
 //! that may hold a database connection meanwhile keeps it).
+//!
+//! **An order's next step runs next.** When a job succeeds, the dependants it released (an
+//! order's zone after its site) are pushed to the stream and also run at once by the same
+//! worker, as soon as it has a place and an active slot, instead of behind every job the
+//! burst queued before them. The stream's copy stays the safety net (a worker that dies, a
+//! shutdown): read later, it finds the job done or held and is acknowledged.
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,6 +28,32 @@ use super::{
     store::{self, Failure},
 };
 use crate::{app::AppState, util::pause};
+
+/// What a job's task needs to go on with the jobs it released.
+#[derive(Clone)]
+struct Ctx {
+    places: Arc<Semaphore>,
+    actives: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    /// Cancelled when the shutdown timeout passes with jobs still running.
+    abort: CancellationToken,
+}
+
+impl Ctx {
+    /// A place and an active slot, as the read loop takes them; `None` at shutdown.
+    async fn slot(&self) -> Option<Slot> {
+        let place = tokio::select! {
+            p = self.places.clone().acquire_owned() => p.ok()?,
+            _ = self.shutdown.cancelled() => return None,
+        };
+        let active = tokio::select! {
+            p = self.actives.clone().acquire_owned() => p.ok()?,
+            _ = self.shutdown.cancelled() => return None,
+        };
+        Some(Slot::new(place, active, self.actives.clone()))
+    }
+}
 
 /// How long one read waits on the stream before looking around again.
 const READ_BLOCK: Duration = Duration::from_secs(2);
@@ -71,6 +103,13 @@ impl Worker {
             "worker started"
         );
         let mut group_ready = false;
+        let ctx = Ctx {
+            places: permits.clone(),
+            actives: actives.clone(),
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+            abort: abort.clone(),
+        };
 
         loop {
             let permit = tokio::select! {
@@ -100,10 +139,10 @@ impl Worker {
             match next {
                 Ok(Some(delivery)) => {
                     let worker = this.clone();
-                    let abort = abort.clone();
+                    let ctx = ctx.clone();
                     let slot = Slot::new(permit, active, actives.clone());
                     tracker.spawn(async move {
-                        worker.handle(delivery, slot, &abort).await;
+                        worker.handle(delivery, slot, ctx).await;
                     });
                 }
                 Ok(None) => drop((permit, active)),
@@ -153,51 +192,94 @@ impl Worker {
         }
     }
 
-    /// Runs the delivered job holding `slot` (given back once it is done), then acknowledges.
-    async fn handle(&self, delivery: Delivery, slot: Slot, abort: &CancellationToken) {
+    /// Runs the delivered job holding `slot` (given back once it is done), acknowledges, and
+    /// goes on with the dependants it released.
+    async fn handle(self: Arc<Self>, delivery: Delivery, slot: Slot, ctx: Ctx) {
+        let mut released = Vec::new();
         if let Some(job_id) = delivery.job_id {
-            let span = tracing::info_span!("job", job_id = %job_id, worker = %self.id);
-            if let Err(e) = self
-                .run_job(job_id, &delivery.message_id, slot, abort)
-                .instrument(span)
+            match self
+                .run_traced(job_id, Some(&delivery.message_id), slot, &ctx.abort)
                 .await
             {
+                Some(ids) => released = ids,
                 // Not acknowledged: the message is reclaimed after the lease, and the
                 // sweeper recovers the row either way.
-                tracing::error!(job_id = %job_id, error = format!("{e:#}"), "job bookkeeping failed");
-                return;
+                None => return,
             }
         }
         if let Err(e) = queue::ack(&self.state.redis, &delivery.message_id).await {
             tracing::warn!(error = %e, "could not acknowledge a job message; it may be seen again");
         }
+        self.go_on(released, &ctx);
     }
 
+    /// Runs each released dependant in a task of its own once a place and an active slot
+    /// are free; during shutdown they are left to the stream.
+    fn go_on(self: &Arc<Self>, released: Vec<uuid::Uuid>, ctx: &Ctx) {
+        for job_id in released {
+            if ctx.shutdown.is_cancelled() {
+                return;
+            }
+            let (worker, ctx2) = (self.clone(), ctx.clone());
+            ctx.tracker.spawn(async move {
+                let Some(slot) = ctx2.slot().await else {
+                    return;
+                };
+                if let Some(next) = worker.run_traced(job_id, None, slot, &ctx2.abort).await {
+                    worker.go_on(next, &ctx2);
+                }
+            });
+        }
+    }
+
+    /// [`Worker::run_job`] in the job's span; `None` when its bookkeeping failed (logged).
+    async fn run_traced(
+        &self,
+        job_id: uuid::Uuid,
+        message_id: Option<&str>,
+        slot: Slot,
+        abort: &CancellationToken,
+    ) -> Option<Vec<uuid::Uuid>> {
+        let span = tracing::info_span!("job", job_id = %job_id, worker = %self.id);
+        match self
+            .run_job(job_id, message_id, slot, abort)
+            .instrument(span)
+            .await
+        {
+            Ok(released) => Some(released),
+            Err(e) => {
+                tracing::error!(job_id = %job_id, error = format!("{e:#}"), "job bookkeeping failed");
+                None
+            }
+        }
+    }
+
+    /// Claims and runs one job; returns the dependants its success released.
     async fn run_job(
         &self,
         job_id: uuid::Uuid,
-        message_id: &str,
+        message_id: Option<&str>,
         slot: Slot,
         abort: &CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Vec<uuid::Uuid>> {
         let cfg = &self.state.config.jobs;
         let state = &self.state;
         let Some(job) = store::claim(&state.db, job_id, &self.id, cfg.lease).await? else {
             tracing::debug!("not ours to run (done, not due, or held by a live worker)");
-            return Ok(());
+            return Ok(Vec::new());
         };
         if job.attempts > job.max_attempts {
             // Its workers kept dying mid-job: stop feeding it to new ones.
             let error = "gave up: workers were lost while running this job";
             store::fail(state, &job, &self.id, error, None).await?;
-            return Ok(());
+            return Ok(Vec::new());
         }
         let payload = match JobPayload::from_stored(job.kind, job.payload.clone()) {
             Ok(payload) => payload,
             Err(e) => {
                 tracing::error!(error = %e, "job payload is not valid; failing it");
                 store::fail(state, &job, &self.id, &e.to_string(), None).await?;
-                return Ok(());
+                return Ok(Vec::new());
             }
         };
         tracing::info!(kind = payload.kind(), attempt = job.attempts, "job started");
@@ -207,7 +289,7 @@ impl Worker {
             .unwrap_or_default();
         state.metrics.job_wait.observe(waited.as_secs_f64());
         let started = std::time::Instant::now();
-        let keeper = self.keep_lease(job.id, message_id.to_owned());
+        let keeper = self.keep_lease(job.id, message_id.map(str::to_owned));
         let to_run =
             JobToRun::new(job.id, job.tenant_id, job.order_id, payload, job.attempts).holding(slot);
         let outcome = tokio::select! {
@@ -222,7 +304,7 @@ impl Worker {
                         tracing::debug!(error = %e, "could not push the handed-back job; the sweeper will");
                     }
                 }
-                return Ok(());
+                return Ok(Vec::new());
             }
         };
         keeper.cancel();
@@ -235,13 +317,13 @@ impl Worker {
         state.metrics.job(kind, outcome_label, started.elapsed());
 
         match outcome {
-            Ok(result) => {
-                if store::succeed(state, &job, &to_run, &self.id, result).await? {
+            Ok(result) => match store::succeed(state, &job, &to_run, &self.id, result).await? {
+                Some(released) => {
                     tracing::info!(kind = to_run.payload.kind(), "job succeeded");
-                } else {
-                    tracing::warn!("job finished after its lease was lost; result discarded");
+                    return Ok(released);
                 }
-            }
+                None => tracing::warn!("job finished after its lease was lost; result discarded"),
+            },
             Err(err) => {
                 let retry_in = match &err {
                     DispatchError::Retryable(_) => {
@@ -258,12 +340,12 @@ impl Worker {
                 }
             }
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     /// Renews the job's lease in PostgreSQL and its message's idle time in Redis at a third
     /// of the lease, until cancelled.
-    fn keep_lease(&self, job_id: uuid::Uuid, message_id: String) -> CancellationToken {
+    fn keep_lease(&self, job_id: uuid::Uuid, message_id: Option<String>) -> CancellationToken {
         let stop = CancellationToken::new();
         let (state, worker, guard) = (self.state.clone(), self.id.clone(), stop.clone());
         let lease = state.config.jobs.lease;
@@ -283,7 +365,9 @@ impl Worker {
                     }
                     Err(e) => tracing::warn!(%job_id, error = %e, "could not renew lease"),
                 }
-                let _ = queue::touch(&state.redis, &worker, &message_id).await;
+                if let Some(message_id) = &message_id {
+                    let _ = queue::touch(&state.redis, &worker, message_id).await;
+                }
             }
         });
         stop
