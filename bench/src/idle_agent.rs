@@ -98,6 +98,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     // What an operator's agent.toml holds: no debug logging, default back-off.
     let hub = mpanel_tests::fleet::hub_addr(&panel.app).await;
     agent.terminate().await;
+    let connections = agent.count(&["connected to the hub"]);
     std::fs::write(
         agent.config_path(),
         format!(
@@ -107,7 +108,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     )?;
     agent.start();
     let sampled = async {
-        wait_online(&panel).await?;
+        // Connected again with the new config (the server's row may still say online from
+        // the first connection).
+        agent
+            .wait_count(&["connected to the hub"], connections + 1)
+            .await;
         tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
         sample(
             &[agent.pid() as u32],
@@ -195,26 +200,6 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         Err(why) => report.note(format!("sshd skipped: {why}")),
     }
     Ok(report)
-}
-
-async fn wait_online(panel: &Panel) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let list = mpanel_tests::api::authed(&panel.app, &panel.admin)
-            .get("/api/servers")
-            .await;
-        let online = list.body["items"]
-            .as_array()
-            .is_some_and(|items| items.iter().any(|s| s["agentOnline"] == true));
-        if online {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the restarted agent was not online within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Samples the summed resident memory of `pids` every `every` for `window`.
